@@ -1,0 +1,94 @@
+"""The `llavakit` command: one verb per capability, each in its own module.
+
+Verb modules are imported only when their verb runs, so `llavakit --help` is instant. A verb module
+exposes ``add_arguments(parser)`` and ``run(args) -> int | None``. A verb whose value is a dict has
+sub-verbs (``llavakit eval synth ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from llavakit.errors import LlavakitError
+
+# verb -> (module, one-line help) or verb -> {sub-verb: (module, help)}
+VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
+    "quickstart": ("llavakit.quickstart", "scenes → data → stage 1 → stage 2 → eval → report, on the embedded default"),
+    "reproduce": ("llavakit.reproduce", "the paper's ablations in miniature on the synthetic world"),
+    "info": ("llavakit.model.info", "print a composed model: parameters per part, image tokens, context length"),
+    "scenes": ("llavakit.datagen.scenes_cli", "render a synthetic annotated world in COCO format"),
+    "datagen": ("llavakit.datagen.cli", "generate LLaVA instruction data from captions + boxes with a teacher LLM"),
+    "data": {
+        "inspect": ("llavakit.data.inspect", "counts, lengths, bad records and supervised spans of a LLaVA data file"),
+        "scienceqa": ("llavakit.eval.scienceqa_convert", "convert official ScienceQA files to LLaVA JSON"),
+    },
+    "train": ("llavakit.train.cli", "stage 1 / stage 2 / finetune training"),
+    "chat": ("llavakit.serve.chat", "multi-turn chat about an image in the terminal"),
+    "infer": ("llavakit.serve.infer", "batched inference over a model_vqa questions JSONL"),
+    "serve": ("llavakit.serve.cli", "OpenAI-compatible API server and web chat page"),
+    "eval": {
+        "synth": ("llavakit.eval.synth", "exact-answer benchmark on held-out synthetic scenes (+ --blind)"),
+        "pope": ("llavakit.eval.pope", "POPE-style object hallucination probe"),
+        "llava-bench": ("llavakit.eval.llava_bench", "LLaVA-Bench judge protocol: relative score"),
+        "scienceqa": ("llavakit.eval.scienceqa", "ScienceQA accuracy by subject/context/grade, ensembles"),
+    },
+    "export": ("llavakit.interop.cli", "export a llavakit checkpoint to other formats"),
+}
+
+
+def _add_verb(subparsers, name: str, module: str, help_text: str) -> None:
+    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    mod = importlib.import_module(module)
+    mod.add_arguments(parser)
+    parser.set_defaults(_run=mod.run)
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llavakit", description="Visual instruction tuning (LLaVA), end to end.")
+    parser.add_argument("--version", action="version", version=f"llavakit {__import__('llavakit').__version__}")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    # Import only the chosen verb's module; list the others by name and help.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for verb, spec in VERBS.items():
+        if isinstance(spec, dict):
+            help_text = "sub-verbs: " + ", ".join(spec)
+            vparser = subparsers.add_parser(verb, help=help_text, description=help_text)
+            vsub = vparser.add_subparsers(dest="subverb", metavar="SUBVERB")
+            rest = argv[argv.index(verb) + 1:] if verb == chosen else []
+            sub_chosen = next((a for a in rest if not a.startswith("-")), None)
+            for sub, (module, sub_help) in spec.items():
+                if verb == chosen and sub == sub_chosen:
+                    _add_verb(vsub, sub, module, sub_help)
+                else:
+                    vsub.add_parser(sub, help=sub_help)
+            vparser.set_defaults(_parser=vparser)
+        elif verb == chosen:
+            _add_verb(subparsers, verb, *spec)
+        else:
+            subparsers.add_parser(verb, help=spec[1])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    run = getattr(args, "_run", None)
+    if run is None:
+        (getattr(args, "_parser", None) or parser).print_help()
+        return 0 if not argv else 2
+    try:
+        code = run(args)
+    except LlavakitError as exc:
+        print(f"llavakit {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

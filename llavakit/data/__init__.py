@@ -1,0 +1,1 @@
+"""LLaVA-format data: templates + exact masking, datasets, images, batching."""

@@ -1,0 +1,88 @@
+"""Image loading and the tower's square input: ``square`` | ``pad`` | ``resize``.
+
+- ``square``: resize the short side to ``size`` and centre-crop (CLIP's own preprocessing),
+- ``pad``: pad to a square with the tower's mean colour, then resize (LLaVA-1.5),
+- ``resize``: stretch to ``size`` x ``size``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from llavakit.errors import DataError
+
+MODES = ("square", "pad", "resize")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """EXIF orientation applied; palette / RGBA / LA / grayscale / CMYK / 16-bit → 8-bit RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = arr.max() if arr.size else 1.0
+        scale = 255.0 / (65535.0 if hi > 255 else max(hi, 1.0) if hi > 0 else 1.0)
+        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = (arr.min(), arr.max()) if arr.size else (0.0, 1.0)
+        img = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open and fully decode an image as RGB; a corrupt or missing file raises DataError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except FileNotFoundError:
+        raise DataError(f"image {path} does not exist") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"image {path} cannot be decoded: {exc}") from None
+
+
+def fit_square(img: Image.Image, size: int, mode: str, fill: Sequence[float] = (0.5, 0.5, 0.5)) -> Image.Image:
+    """Make ``img`` a ``size`` x ``size`` RGB image by ``mode``; ``fill`` is the pad colour in 0–1."""
+    if mode not in MODES:
+        raise DataError(f"image mode {mode!r} is not one of {', '.join(MODES)}")
+    img = to_rgb(img)
+    w, h = img.size
+    if mode == "resize":
+        return img.resize((size, size), Image.Resampling.BICUBIC)
+    if mode == "pad":
+        side = max(w, h)
+        colour = tuple(int(round(c * 255)) for c in fill)
+        canvas = Image.new("RGB", (side, side), colour)
+        canvas.paste(img, ((side - w) // 2, (side - h) // 2))
+        return canvas.resize((size, size), Image.Resampling.BICUBIC)
+    # square: short side to size, centre crop
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_tensor(
+    images: Sequence[Image.Image], size: int, mode: str, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """A batch ``(B, 3, size, size)`` float32, normalised with ``mean``/``std`` (0–1 scale)."""
+    arrays = [np.asarray(fit_square(img, size, mode, fill=mean), dtype=np.float32) / 255.0 for img in images]
+    if not arrays:
+        return torch.zeros(0, 3, size, size)
+    batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return ((batch - mean_t) / std_t).contiguous()

