@@ -1,1 +1,1 @@
-"""interop."""
+"""Interoperability: export to transformers' LlavaForConditionalGeneration."""

@@ -115,7 +115,11 @@ def build_byte_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {c: i for i, c in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    # id = byte value, so ids are the same in every process (ByteLevel.alphabet() has no fixed order).
+    printable = set(range(33, 127)) | set(range(161, 173)) | set(range(174, 256))
+    extra = iter(range(256, 512))
+    vocab = {(chr(b) if b in printable else chr(next(extra))): b for b in range(256)}
+    assert set(vocab) == set(pre_tokenizers.ByteLevel.alphabet())
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
@@ -127,11 +131,11 @@ def build_byte_tokenizer():
     return tok
 
 
-def _load_from_dir(path: str, dtype: torch.dtype):
+def _load_from_dir(path: str, dtype: torch.dtype, with_tokenizer: bool = True):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path) if with_tokenizer else None
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except OSError as exc:
         raise ConfigError(f"language model {path!r} cannot be loaded: {exc}") from None
@@ -139,10 +143,11 @@ def _load_from_dir(path: str, dtype: torch.dtype):
 
 
 def load_lm(config: LMConfig, directory: Path | None = None):
-    """Return ``(model, tokenizer)`` for ``config``; ``directory`` is a checkpoint's saved LM."""
+    """Return ``(model, tokenizer)`` for ``config``; ``directory`` is a checkpoint's saved LM
+    (its tokenizer lives at the checkpoint root, so ``None`` is returned for it)."""
     dtype = resolve_dtype(config.dtype)
     if directory is not None:
-        return _load_from_dir(str(directory), dtype)
+        return _load_from_dir(str(directory), dtype, with_tokenizer=False)
     if config.kind == "embedded":
         folder, gguf = embedded_dir(config.name_or_path or "")
         return _load_from_dir(str(convert_gguf(folder, gguf)), dtype)

@@ -1,0 +1,138 @@
+"""Export a llavakit checkpoint to transformers' ``LlavaForConditionalGeneration``.
+
+The exported directory loads with ``LlavaForConditionalGeneration.from_pretrained`` and
+``AutoProcessor.from_pretrained`` (and so in engines that read that format, e.g. vLLM). What maps:
+
+- tower: a transformers CLIP / SigLIP vision model (``vision.kind == "hf"``). EfficientNet towers
+  (the ``nano`` preset) have no transformers Llava equivalent — export refuses them by name;
+  their language model alone is a plain transformers model in ``<checkpoint>/language_model``.
+- feature layer → ``vision_feature_layer``; ``patch`` on a CLS model → strategy ``default``
+  (drops CLS); otherwise ``full``.
+- projector: ``mlp2x_gelu`` maps 1:1; ``linear`` maps exactly as linear_1 = W with the identity
+  activation and linear_2 = I; deeper MLPs have no equivalent and are refused.
+- the ``<image>`` token gets a row in the LM's embeddings (transformers embeds the placeholder id
+  before replacing it); that row is suppressed in generation.
+
+Preprocessing: transformers' CLIP/SigLIP processors resize + centre-crop (our ``square`` mode);
+a model trained with ``pad`` or ``resize`` sees slightly different pixels through that processor —
+the export prints a warning saying so.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+
+from llavakit.errors import LlavakitError
+from llavakit.model.llava import LlavaModel
+from llavakit.model.vision import HFVisionTower
+
+
+def _check_exportable(model: LlavaModel) -> None:
+    if not isinstance(model.vision_tower, HFVisionTower):
+        raise LlavakitError(
+            f"export to transformers Llava needs a CLIP/SigLIP tower; this model's tower is "
+            f"{model.config.vision.kind!r}. Its language model alone is a transformers model in the "
+            "checkpoint's language_model/ folder."
+        )
+    if model.config.projector.kind not in ("linear", "mlp2x_gelu"):
+        raise LlavakitError(
+            f"projector {model.config.projector.kind!r} has no transformers Llava equivalent (linear or mlp2x_gelu)"
+        )
+
+
+def _projector_state(model: LlavaModel) -> tuple[dict, str]:
+    proj = model.projector
+    if model.config.projector.kind == "mlp2x_gelu":
+        first, second = proj[0], proj[2]
+        return {
+            "linear_1.weight": first.weight, "linear_1.bias": first.bias,
+            "linear_2.weight": second.weight, "linear_2.bias": second.bias,
+        }, "gelu"
+    dim = proj.weight.shape[0]
+    return {
+        "linear_1.weight": proj.weight, "linear_1.bias": proj.bias,
+        "linear_2.weight": torch.eye(dim, dtype=proj.weight.dtype), "linear_2.bias": torch.zeros(dim, dtype=proj.weight.dtype),
+    }, "linear"
+
+
+def _pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    extra = rows - weight.shape[0]
+    return weight if extra <= 0 else torch.cat([weight, weight.new_zeros(extra, weight.shape[1])])
+
+
+def to_hf_llava(model: LlavaModel):
+    """An in-memory ``LlavaForConditionalGeneration`` with this model's weights."""
+    from transformers import LlavaConfig as HFLlavaConfig
+    from transformers import LlavaForConditionalGeneration
+
+    _check_exportable(model)
+    tower: HFVisionTower = model.vision_tower
+    lm = model.language_model
+    vocab = max(lm.get_input_embeddings().weight.shape[0], model.image_token_id + 1)
+    text_config = lm.config.to_dict()
+    text_config["vocab_size"] = vocab
+    proj_state, act = _projector_state(model)
+    strategy = "default" if (tower.has_cls and model.config.vision.feature_select == "patch") else "full"
+    config = HFLlavaConfig(
+        vision_config=tower.model.config.to_dict(),
+        text_config=text_config,
+        image_token_index=model.image_token_id,
+        image_seq_length=tower.num_tokens,
+        projector_hidden_act=act,
+        vision_feature_layer=model.config.vision.feature_layer,
+        vision_feature_select_strategy=strategy,
+        tie_word_embeddings=bool(getattr(lm.config, "tie_word_embeddings", False)),
+    )
+    hf = LlavaForConditionalGeneration(config).to(model.dtype).eval()
+    decoder_state = dict(lm.get_decoder().state_dict())
+    embed_key = "embed_tokens.weight"
+    decoder_state[embed_key] = _pad_rows(decoder_state[embed_key], vocab)
+    with torch.no_grad():
+        hf.model.vision_tower.load_state_dict(tower.model.state_dict())
+        hf.model.multi_modal_projector.load_state_dict(proj_state)
+        hf.model.language_model.load_state_dict(decoder_state)
+        if config.tie_word_embeddings:
+            hf.tie_weights()
+        else:
+            hf.lm_head.weight.copy_(_pad_rows(lm.get_output_embeddings().weight, vocab))
+    hf.generation_config.suppress_tokens = [model.image_token_id]
+    hf.generation_config.pad_token_id = model.tokenizer.pad_token_id
+    hf.generation_config.eos_token_id = model._eos_ids()
+    return hf
+
+
+def export_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
+    """Write model + processor (image processor, tokenizer with ``<image>``, chat template)."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    out_dir = Path(out_dir)
+    hf = to_hf_llava(model)
+    tower: HFVisionTower = model.vision_tower
+    size = tower.image_size
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+        image_mean=list(tower.mean), image_std=list(tower.std), do_convert_rgb=True,
+    )
+    patch = int(tower.model.config.patch_size)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=model.tokenizer,
+        patch_size=patch,
+        vision_feature_select_strategy=hf.config.vision_feature_select_strategy,
+        chat_template=getattr(model.tokenizer, "chat_template", None),
+        image_token=model.config.image_token,
+        num_additional_image_tokens=1 if tower.has_cls else 0,
+    )
+    hf.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    if model.config.vision.image_mode != "square":
+        print(
+            f"llavakit export: this model was trained with image_mode={model.config.vision.image_mode!r}; "
+            "transformers' processor resizes + centre-crops instead. Pre-pad images to a square with the "
+            f"mean colour {tuple(round(m, 3) for m in tower.mean)} to match training exactly.",
+            file=sys.stderr,
+        )
+    return out_dir

@@ -1,0 +1,32 @@
+"""Integration: the embedded default with real weights, offline."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llavakit.data.templates import Message
+
+pytestmark = pytest.mark.integration
+
+
+def test_nano_loads_offline_and_knows_paris(nano_model):
+    reply = nano_model.answer([Message("user", "What is the capital of France?")], max_new_tokens=24)
+    assert "Paris" in reply
+
+
+def test_nano_batched_generation_equals_one_by_one(nano_model):
+    convs = [
+        [Message("user", "What is the capital of France?")],
+        [Message("user", "Name a colour of the sky on a clear day, in one word.")],
+    ]
+    batch = nano_model.prepare(convs)
+    new = nano_model.generate(**batch, max_new_tokens=16)
+    assert [nano_model.decode(r) for r in new] == [nano_model.answer(c, max_new_tokens=16) for c in convs]
+
+
+def test_nano_parts(nano_model):
+    assert nano_model.num_image_tokens == 49
+    assert nano_model.vision_tower.hidden_size == 1280
+    assert nano_model.language_model.config.hidden_size == 576
+    assert nano_model.dtype == torch.float32
