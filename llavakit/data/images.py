@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -20,24 +22,36 @@ MODES = ("square", "pad", "resize")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """EXIF orientation applied; palette / RGBA / LA / grayscale / CMYK / 16-bit → 8-bit RGB."""
+    """EXIF orientation applied; palette / RGBA / LA / grayscale / CMYK / 16-bit / float → 8-bit RGB.
+
+    Transparent pixels are composited on white. 16-bit samples are scaled by 255/65535; 32-bit
+    integer and float images are scaled from their own min–max range.
+    """
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+        img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), mode="L")
+    elif img.mode in ("I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        hi = arr.max() if arr.size else 1.0
-        scale = 255.0 / (65535.0 if hi > 255 else max(hi, 1.0) if hi > 0 else 1.0)
-        img = Image.fromarray(np.clip(arr * scale, 0, 255).astype(np.uint8), mode="L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        lo, hi = (arr.min(), arr.max()) if arr.size else (0.0, 1.0)
-        img = Image.fromarray(((arr - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8), mode="L")
+        if img.mode == "I" and arr.size and arr.min() >= 0 and arr.max() <= 65535:
+            arr = arr / (257.0 if arr.max() > 255 else 1.0)
+        elif arr.size:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / max(hi - lo, 1e-12) * 255.0
+        img = Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA") if img.mode != "La" else img.convert("LA").convert("RGBA")
         background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB") if img.mode != "RGB" else img
+
+
+# What Pillow raises for unreadable files besides OSError (UnidentifiedImageError, "truncated"):
+# some decoders raise SyntaxError ("broken PNG file"), EOFError, struct.error or zlib.error.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -49,8 +63,10 @@ def load_image(path: str | Path) -> Image.Image:
             return to_rgb(img)
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"image {path} cannot be decoded: {exc}") from None
+    except IsADirectoryError:
+        raise DataError(f"image {path} is a directory") from None
+    except _DECODE_ERRORS as exc:
+        raise DataError(f"image {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
 
 
 def fit_square(img: Image.Image, size: int, mode: str, fill: Sequence[float] = (0.5, 0.5, 0.5)) -> Image.Image:

@@ -3,6 +3,19 @@
 Segments from the template are tokenized one by one and concatenated, so labels line up with ids
 by construction. Each ``<image>`` placeholder becomes exactly ``num_image_tokens`` copies of the
 image token id; the model's forward scatters projected features into those positions.
+
+Interface::
+
+    proc = Processor(tokenizer, "chat_template", num_image_tokens=49)
+    enc = proc.encode(messages)          # Encoded(input_ids, labels, num_images); labels are
+                                         # IGNORE_INDEX except assistant answers + stop markers
+    ids = proc.encode_prompt(messages)   # generation prompt, a prefix of encode(messages + [answer])
+    proc.stop_str, proc.image_token_id
+
+``messages`` may start with a ``Message("system", ...)``: it replaces the processor's system prompt
+for that conversation. Tokenizers that prepend a space to every piece they tokenize (SentencePiece
+"legacy" Llama/Vicuna tokenizers) are detected once; their pieces are tokenized behind a guard
+prefix that is verified and removed, so joining pieces never inserts spaces.
 """
 
 from __future__ import annotations
@@ -11,11 +24,13 @@ import random
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from llavakit.data.templates import ASSISTANT, USER, Message, Template, get_template
+from llavakit.data.templates import ASSISTANT, SYSTEM, USER, Message, Template, get_template
 from llavakit.errors import DataError
 
 IGNORE_INDEX = -100
 Placement = Literal["first", "random", "keep"]
+PLACEMENTS = ("first", "random", "keep")
+_GUARD = "\n"
 
 
 @dataclass
@@ -38,16 +53,34 @@ def add_image_token(tokenizer, image_token: str = "<image>") -> int:
 
 
 def place_image(messages: Sequence[Message], image_token: str, placement: Placement, rng: random.Random | None):
-    """Put the first turn's ``<image>`` first (LLaVA-1.5), first-or-last at random (the paper), or keep it."""
-    if placement == "keep" or not messages or image_token not in messages[0].content:
+    """Put the first turn's ``<image>`` first (LLaVA-1.5), first-or-last at random (the paper), or keep it.
+
+    Only a first user turn holding exactly one ``<image>`` is changed; the question is stripped
+    and joined to the image with a newline, as LLaVA does.
+    """
+    if placement not in PLACEMENTS:
+        raise DataError(f"image placement {placement!r} is not one of {', '.join(PLACEMENTS)}")
+    if placement == "keep" or not messages or messages[0].content.count(image_token) != 1:
         return list(messages)
-    first = messages[0].content
-    if first.count(image_token) != 1:
-        return list(messages)
-    question = first.replace(image_token, "").strip()
+    question = messages[0].content.replace(image_token, "").strip()
     after = placement == "random" and (rng or random).random() < 0.5
-    content = f"{question}\n{image_token}" if after else f"{image_token}\n{question}"
+    if not question:
+        content = image_token
+    else:
+        content = f"{question}\n{image_token}" if after else f"{image_token}\n{question}"
     return [Message(messages[0].role, content), *messages[1:]]
+
+
+def split_system(messages: Sequence[Message], default: str | None) -> tuple[str | None, list[Message]]:
+    """A leading system message overrides ``default``; system messages elsewhere are an error."""
+    msgs = list(messages)
+    system = default
+    if msgs and msgs[0].role == SYSTEM:
+        system, msgs = msgs[0].content, msgs[1:]
+    for i, msg in enumerate(msgs):
+        if msg.role == SYSTEM:
+            raise DataError(f"turn {i}: a system message may only come first")
+    return system, msgs
 
 
 class Processor:
@@ -61,6 +94,8 @@ class Processor:
         image_token: str = "<image>",
         system_prompt: str | None = None,
     ):
+        if num_image_tokens < 1:
+            raise DataError(f"num_image_tokens must be at least 1, got {num_image_tokens}")
         self.tokenizer = tokenizer
         self.image_token = image_token
         self.image_token_id = add_image_token(tokenizer, image_token)
@@ -72,21 +107,51 @@ class Processor:
         bos = tokenizer.bos_token_id
         probe = tokenizer("a").input_ids
         self.bos_ids = [bos] if bos is not None and probe and probe[0] == bos else []
+        plain_a = self._raw("a")
+        self._guard_ids = self._raw(_GUARD)
+        # A tokenizer that encodes "a" differently at the start of a piece than after a newline
+        # prepends something (a SentencePiece space) to every piece: tokenize behind the guard.
+        self.guarded = self._raw(_GUARD + "a")[len(self._guard_ids):] != plain_a
 
     @property
     def stop_str(self) -> str:
         return self.template.stop_str
 
+    def _raw(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def _pieces(self, texts: Sequence[str]) -> list[list[int]]:
+        """Ids of each text as a standalone piece (one batched tokenizer call)."""
+        if not texts:
+            return []
+        if not self.guarded:
+            return self.tokenizer(list(texts), add_special_tokens=False).input_ids
+        n = len(self._guard_ids)
+        out = []
+        for text, ids in zip(texts, self.tokenizer([_GUARD + t for t in texts], add_special_tokens=False).input_ids):
+            if ids[:n] != self._guard_ids:
+                raise DataError(f"tokenizer merged the guard prefix into {text[:30]!r}; cannot tokenize it as a piece")
+            out.append(ids[n:])
+        return out
+
+    def _tokenize_all(self, texts: Sequence[str]) -> list[list[int]]:
+        """Each text (possibly holding ``<image>``) → ids, each ``<image>`` expanded to N image ids."""
+        split = [t.split(self.image_token) for t in texts]
+        flat = [part for parts in split for part in parts if part]
+        ids_iter = iter(self._pieces(flat))
+        out = []
+        for parts in split:
+            ids: list[int] = []
+            for i, part in enumerate(parts):
+                if i:
+                    ids.extend([self.image_token_id] * self.num_image_tokens)
+                if part:
+                    ids.extend(next(ids_iter))
+            out.append(ids)
+        return out
+
     def _tokenize(self, text: str) -> list[int]:
-        """Text (possibly holding ``<image>``) → ids, each ``<image>`` expanded to N image ids."""
-        ids: list[int] = []
-        parts = text.split(self.image_token)
-        for i, part in enumerate(parts):
-            if i:
-                ids.extend([self.image_token_id] * self.num_image_tokens)
-            if part:
-                ids.extend(self.tokenizer(part, add_special_tokens=False).input_ids)
-        return ids
+        return self._tokenize_all([text])[0]
 
     def _start_ids(self, first_text: str) -> list[int]:
         bos = self.tokenizer.bos_token
@@ -94,40 +159,54 @@ class Processor:
 
     def encode(self, messages: Sequence[Message]) -> Encoded:
         """A training sample: ids and labels (IGNORE_INDEX outside assistant answers + stop markers)."""
-        segments = self.template.segments(messages, self.system_prompt)
+        system, msgs = split_system(messages, self.system_prompt)
+        segments = self.template.segments(msgs, system)
         ids = self._start_ids(segments[0].text if segments else "")
         labels = [IGNORE_INDEX] * len(ids)
-        for seg in segments:
-            seg_ids = self._tokenize(seg.text)
+        for seg, seg_ids in zip(segments, self._tokenize_all([seg.text for seg in segments])):
             if seg.supervised and self.image_token_id in seg_ids:
                 raise DataError(f"an assistant turn contains {self.image_token}")
             ids.extend(seg_ids)
             labels.extend(seg_ids if seg.supervised else [IGNORE_INDEX] * len(seg_ids))
-        num_images = sum(m.content.count(self.image_token) for m in messages)
+        num_images = sum(m.content.count(self.image_token) for m in msgs)
         return Encoded(ids, labels, num_images)
 
     def encode_prompt(self, messages: Sequence[Message]) -> list[int]:
         """Ids of a generation prompt: the conversation so far (ending with a user turn) + the
         assistant's opening, tokenized exactly as in training."""
-        segments = self.template.segments(messages, self.system_prompt, add_generation_prompt=True)
+        system, msgs = split_system(messages, self.system_prompt)
+        segments = self.template.segments(msgs, system, add_generation_prompt=True)
         ids = self._start_ids(segments[0].text if segments else "")
-        for seg in segments:
-            ids.extend(self._tokenize(seg.text))
+        for seg_ids in self._tokenize_all([seg.text for seg in segments]):
+            ids.extend(seg_ids)
         return ids
 
 
+ROLES = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT, "system": SYSTEM}
+
+
 def to_messages(turns: Sequence[dict], record_id: str = "?") -> list[Message]:
-    """LLaVA turns (``from``: human/gpt, or user/assistant) → messages; errors name the record."""
-    roles = {"human": USER, "user": USER, "gpt": ASSISTANT, "assistant": ASSISTANT}
+    """LLaVA turns (``from``: human/gpt, or user/assistant; ``value``, or ``role``/``content``)
+    → messages; errors name the record, the turn and the field."""
+    if not isinstance(turns, (list, tuple)):
+        raise DataError(f"record {record_id}: conversations is {type(turns).__name__}, expected a list")
     out = []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
-            raise DataError(f"record {record_id}: conversations[{i}] is not an object")
-        role = turn.get("from", turn.get("role"))
-        value = turn.get("value", turn.get("content"))
-        if role not in roles:
-            raise DataError(f"record {record_id}: conversations[{i}].from is {role!r} (expected human or gpt)")
+            raise DataError(f"record {record_id}: conversations[{i}] is {type(turn).__name__}, expected an object")
+        role_key = "from" if "from" in turn else "role"
+        value_key = "value" if "value" in turn else "content"
+        role, value = turn.get(role_key), turn.get(value_key)
+        if role not in ROLES:
+            raise DataError(
+                f"record {record_id}: conversations[{i}].{role_key} is {role!r} "
+                "(expected human, gpt, user, assistant or system)"
+            )
+        if value_key not in turn:
+            raise DataError(f"record {record_id}: conversations[{i}] has no 'value'")
         if not isinstance(value, str):
-            raise DataError(f"record {record_id}: conversations[{i}].value is not a string")
-        out.append(Message(roles[role], value))
+            raise DataError(
+                f"record {record_id}: conversations[{i}].{value_key} is {type(value).__name__}, expected a string"
+            )
+        out.append(Message(ROLES[role], value))
     return out

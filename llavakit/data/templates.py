@@ -125,6 +125,8 @@ class ChatTemplate(Template):
             raise ConfigError("template 'chat_template': this tokenizer has no chat template (use v0 or vicuna_v1)")
         self.tokenizer = tokenizer
         probe = self._render([Message(USER, "hi"), Message(ASSISTANT, "\x00A0\x00")], None, False)
+        if "\x00A0\x00" not in probe:
+            raise ConfigError("template 'chat_template': the chat template does not render assistant messages")
         after = probe.split("\x00A0\x00", 1)[1]
         specials = sorted(set(tokenizer.all_special_tokens), key=len, reverse=True)
         eos = tokenizer.eos_token
@@ -146,13 +148,14 @@ class ChatTemplate(Template):
 
     def segments(self, messages, system=None, add_generation_prompt=False):
         _check_alternating(messages, add_generation_prompt)
-        marked = [Message(m.role, f"\x00A{i}\x00") if m.role == ASSISTANT else m for i, m in enumerate(messages)]
+        tag = _sentinel_tag([m.content for m in messages] + [system or ""])
+        marked = [Message(m.role, f"{tag}{i}{tag}") if m.role == ASSISTANT else m for i, m in enumerate(messages)]
         text = self._render(marked, system, add_generation_prompt)
         segs: list[Segment] = []
         for i, msg in enumerate(messages):
             if msg.role != ASSISTANT:
                 continue
-            sentinel = f"\x00A{i}\x00"
+            sentinel = f"{tag}{i}{tag}"
             before, sep, text = text.partition(sentinel)
             if not sep or not text.startswith(self.stop_str):
                 raise DataError(f"chat template did not render assistant turn {i} as expected")
@@ -162,6 +165,14 @@ class ChatTemplate(Template):
         if text:
             segs.append(Segment(text, False))
         return segs
+
+
+def _sentinel_tag(texts: Sequence[str]) -> str:
+    """A marker that occurs in none of ``texts`` (so a sentinel can never be confused with content)."""
+    tag = "\x00"
+    while any(tag in t for t in texts):
+        tag += "\x01"
+    return tag
 
 
 V0_SYSTEM = (
