@@ -1,0 +1,217 @@
+"""One shared ``generate`` call for many requests, each with its own sampling, stops and stream.
+
+:func:`generate_rows` left-pads the rows' prompts into one batch and runs the model's
+``generate`` (transformers' KV-cache loop) once. Two hooks make the rows independent:
+
+- :class:`RowTracker` (a ``StoppingCriteria``) sees every new token of every row: it decodes the
+  row's text, sends newly safe text to the row's ``on_text`` callback (holding back only a tail
+  that could still become a stop string), and marks the row done on EOS, one of *its* stop
+  strings, *its* ``max_new_tokens`` or its cancel flag. ``generate`` stops when every row is done.
+- :class:`RowSampler` (a ``LogitsProcessor``) picks each row's token itself: greedy for
+  temperature 0, otherwise temperature + top-p sampling from the row's own ``torch.Generator``
+  (seeded per request), and leaves only that token finite so the outer greedy step takes it.
+
+Used by the server's engine (:mod:`llavakit.serve.engine`), ``llavakit infer`` and ``llavakit chat``.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+from llavakit.errors import LlavakitError
+
+_SEED_SOURCE = random.SystemRandom()
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Sampling settings of one request (``temperature`` 0 is greedy)."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise LlavakitError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise LlavakitError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise LlavakitError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class RowResult:
+    text: str
+    finish_reason: str  # "stop" | "length" | "cancelled"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Row:
+    """One prompt to generate for: token ids (``<image>`` already expanded) and its images' pixels."""
+
+    prompt_ids: list[int]
+    pixel_values: torch.Tensor | None = None  # (num_images, 3, H, W), in the order of the image tokens
+    params: GenParams = field(default_factory=GenParams)
+    on_text: Callable[[str], None] | None = None  # newly generated text, as soon as it is safe
+    on_finish: Callable[[RowResult], None] | None = None  # called once, the moment the row is done
+    cancel: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)  # set once the result exists
+
+
+def stop_strings_for(model, extra: Sequence[str] = ()) -> list[str]:
+    """The template's stop marker, the request's stops, and the EOS/pad token strings."""
+    tok = model.tokenizer
+    specials = [tok.convert_ids_to_tokens(i) for i in model._eos_ids()] + [tok.eos_token, tok.pad_token]
+    return list(dict.fromkeys(s for s in [*model.stop_strings(list(extra)), *specials] if s))
+
+
+def held_tail(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of ``text`` that is a proper prefix of a stop string."""
+    longest = max((len(s) for s in stops), default=1) - 1
+    for k in range(min(len(text), longest), 0, -1):
+        tail = text[-k:]
+        if any(s.startswith(tail) for s in stops):
+            return k
+    return 0
+
+
+class RowState:
+    """Decoding state of one row: tokens so far, text already sent, and why it finished."""
+
+    def __init__(self, row: Row, tokenizer, stops: list[str], eos_ids: set[int]):
+        self.row = row
+        self.tokenizer = tokenizer
+        self.stops = stops
+        self.eos_ids = eos_ids
+        self.tokens: list[int] = []
+        self.sent = ""
+        self.result: RowResult | None = None
+        self.generator: torch.Generator | None = None
+        if row.params.temperature > 0:
+            seed = row.params.seed if row.params.seed is not None else _SEED_SOURCE.randrange(2**62)
+            self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+    def _emit(self, text: str) -> None:
+        if text.startswith(self.sent) and len(text) > len(self.sent):
+            delta, self.sent = text[len(self.sent):], text
+            if self.row.on_text is not None:
+                self.row.on_text(delta)
+
+    def finish(self, reason: str, text: str | None = None) -> None:
+        if self.done:
+            return
+        if text is None:
+            text = self.tokenizer.decode(self.tokens, skip_special_tokens=False)
+        self._emit(text)
+        self.result = RowResult(text, reason, len(self.row.prompt_ids), len(self.tokens))
+        self.row.finished.set()
+        if self.row.on_finish is not None:
+            self.row.on_finish(self.result)
+
+    def step(self, token: int) -> None:
+        if self.row.cancel.is_set():
+            self.finish("cancelled", self.sent)
+            return
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=False)
+        hits = [i for i in (text.find(s) for s in self.stops) if i != -1]
+        if hits or token in self.eos_ids:
+            self.finish("stop", text[: min(hits)] if hits else text)
+        elif len(self.tokens) >= self.row.params.max_new_tokens:
+            self.finish("length", text)
+        else:
+            safe = text[: len(text) - held_tail(text, self.stops)]
+            self._emit(safe.rstrip("\ufffd"))  # an incomplete UTF-8 sequence may still change
+
+
+class RowTracker(StoppingCriteria):
+    """Per-row streaming and stopping inside one ``generate`` call."""
+
+    def __init__(self, states: list[RowState]):
+        self.states = states
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        last = input_ids[:, -1].tolist()
+        for state, token in zip(self.states, last):
+            if not state.done:  # finished rows get pad tokens from generate: ignored
+                state.step(token)
+        return torch.tensor([s.done for s in self.states], dtype=torch.bool, device=input_ids.device)
+
+
+class RowSampler(LogitsProcessor):
+    """Chooses each row's next token with the row's own temperature / top-p / generator."""
+
+    def __init__(self, states: list[RowState]):
+        self.states = states
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        chosen = scores.argmax(dim=-1)
+        for i, state in enumerate(self.states):
+            params = state.row.params
+            if state.done or params.temperature <= 0:
+                continue
+            probs = torch.softmax(scores[i].float() / params.temperature, dim=-1)
+            if params.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                drop = sorted_probs.cumsum(0) - sorted_probs > params.top_p
+                sorted_probs[drop] = 0.0
+                probs = torch.zeros_like(probs).scatter(0, order, sorted_probs)
+            chosen[i] = torch.multinomial(probs.cpu(), 1, generator=state.generator).to(chosen.device)[0]
+        out = torch.full_like(scores, float("-inf"))
+        out.scatter_(1, chosen[:, None], 0.0)
+        return out
+
+
+def collate(rows: Sequence[Row], pad_id: int) -> dict:
+    """Left-padded ``input_ids`` / ``attention_mask`` and the rows' pixels concatenated in order."""
+    width = max(len(r.prompt_ids) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r.prompt_ids)) + list(r.prompt_ids) for r in rows])
+    mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
+    pixels = [r.pixel_values for r in rows if r.pixel_values is not None and len(r.pixel_values)]
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.cat(pixels) if pixels else None}
+
+
+def generate_rows(model, rows: Sequence[Row]) -> list[RowResult]:
+    """Generate for all ``rows`` in one batched ``generate`` call; results in row order.
+
+    Every row's ``on_finish`` is called exactly once (also when ``generate`` raises: then the
+    exception propagates after the callbacks of unfinished rows have *not* been called — the
+    caller reports the error to them).
+    """
+    if not rows:
+        return []
+    eos_ids = set(model._eos_ids())
+    states = [RowState(r, model.tokenizer, stop_strings_for(model, r.params.stop), eos_ids) for r in rows]
+    for state in states:
+        if state.row.cancel.is_set():
+            state.finish("cancelled", "")
+    live = [s for s in states if not s.done]
+    if live:
+        batch = collate([s.row for s in live], model.tokenizer.pad_token_id)
+        processors = [RowSampler(live)] if any(s.generator is not None for s in live) else []
+        model.generate(
+            **batch,
+            max_new_tokens=max(s.row.params.max_new_tokens for s in live),
+            temperature=0.0,
+            stop=None,
+            stopping_criteria=StoppingCriteriaList([RowTracker(live)]),
+            logits_processor=LogitsProcessorList(processors),
+        )
+        for state in live:  # generate ended at the longest row's limit
+            state.finish("length")
+    return [s.result for s in states]

@@ -1,0 +1,230 @@
+"""The serving engine: a bounded queue and one worker thread that batches requests.
+
+Micro-batching: the worker blocks for the first queued request, then keeps collecting while
+requests keep coming — until none arrived for ``batch_window_ms`` and none is being prepared (the
+API announces requests whose images are still being decoded with :meth:`Engine.preparing`),
+``max_wait_ms`` passed since the first, or ``max_batch_size`` are in hand — and runs
+them through one :func:`~llavakit.serve.batch.generate_rows` call — so every model call happens on
+this one thread. Rows keep their own sampling, stops and streams; a row finishing early is reported
+at once (its client gets its answer before the rest of the batch ends); a cancelled row (client
+gone) stops at the next step and the batch ends when all its rows are done or cancelled.
+
+``submit`` raises :class:`QueueFull` when ``max_queue`` requests are already waiting (the API turns
+it into 429 + Retry-After). :meth:`Engine.stats` counts batches by size — tests assert batching by
+counting, not by timing.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+from llavakit.errors import LlavakitError
+from llavakit.serve.batch import Row, RowResult, generate_rows
+
+log = logging.getLogger("llavakit.serve")
+
+
+@dataclass
+class EngineConfig:
+    max_batch_size: int = 16
+    batch_window_ms: float = 20.0  # collect while requests arrive less than this apart ...
+    max_queue: int = 64  # requests waiting (not yet running); more → QueueFull
+    max_wait_ms: float = 250.0  # ... but start at most this long after the first one arrived
+
+    def __post_init__(self):
+        if self.max_batch_size < 1 or self.max_queue < 1 or self.batch_window_ms < 0 or self.max_wait_ms < 0:
+            raise LlavakitError("engine: max_batch_size and max_queue must be >= 1, the waits >= 0")
+
+
+class QueueFull(LlavakitError):
+    def __init__(self, retry_after: int):
+        super().__init__(f"the server is busy (request queue full); retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class EngineClosed(LlavakitError):
+    pass
+
+
+# An event for a request's listener: ("text", str) | ("done", RowResult) | ("error", Exception)
+Listener = Callable[[str, object], None]
+
+
+class Handle:
+    """A submitted request: :meth:`cancel` stops its generation (queued or running)."""
+
+    def __init__(self, row: Row):
+        self.row = row
+
+    def cancel(self) -> None:
+        self.row.cancel.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.row.cancel.is_set()
+
+
+class Engine:
+    def __init__(self, model, config: EngineConfig | None = None):
+        self.model = model
+        self.config = config or EngineConfig()
+        self._queue: queue.Queue[tuple[Row, Listener]] = queue.Queue(maxsize=self.config.max_queue)
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._batch_sizes: Counter[int] = Counter()
+        self._counts: Counter[str] = Counter()
+        self._running = 0
+        self._preparing = 0
+        self._recent_batch_seconds = 1.0
+        self._thread = threading.Thread(target=self._work, name="llavakit-engine", daemon=True)
+        self._thread.start()
+
+    # --- submitting ---------------------------------------------------------------------------
+
+    def submit(self, row: Row, listener: Listener) -> Handle:
+        """Queue ``row``; ``listener(kind, value)`` is called on the worker thread (keep it quick)."""
+        if self._closed.is_set():
+            raise EngineClosed("the engine is shut down")
+
+        def on_text(text: str) -> None:
+            _notify(listener, "text", text)
+
+        def on_finish(result: RowResult) -> None:
+            with self._lock:
+                self._counts[f"finish_{result.finish_reason}"] += 1
+                self._counts["completion_tokens"] += result.completion_tokens
+            _notify(listener, "done", result)
+
+        row.on_text, row.on_finish = on_text, on_finish
+        try:
+            self._queue.put_nowait((row, listener))
+        except queue.Full:
+            with self._lock:
+                self._counts["rejected_queue_full"] += 1
+            raise QueueFull(max(1, round(self._recent_batch_seconds))) from None
+        with self._lock:
+            self._counts["submitted"] += 1
+        return Handle(row)
+
+    @contextmanager
+    def preparing(self):
+        """Announce a request that will be submitted soon (while its images decode), so a batch
+        being collected waits for it (at most ``max_wait_ms``). At most ``max_queue`` requests may be
+        in preparation at once (they hold decoded images): more raise :class:`QueueFull`."""
+        with self._lock:
+            if self._preparing >= self.config.max_queue:
+                self._counts["rejected_queue_full"] += 1
+                raise QueueFull(max(1, round(self._recent_batch_seconds)))
+            self._preparing += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._preparing -= 1
+
+    def run(self, row: Row, timeout: float | None = None) -> RowResult:
+        """Submit and wait (for synchronous callers); raises the generation error, if any."""
+        done = threading.Event()
+        box: dict[str, object] = {}
+
+        def listener(kind: str, value) -> None:
+            if kind in ("done", "error"):
+                box[kind] = value
+                done.set()
+
+        handle = self.submit(row, listener)
+        if not done.wait(timeout):
+            handle.cancel()
+            raise LlavakitError(f"generation did not finish within {timeout} s")
+        if "error" in box:
+            raise box["error"]  # type: ignore[misc]
+        return box["done"]  # type: ignore[return-value]
+
+    # --- the worker ---------------------------------------------------------------------------
+
+    def _collect(self) -> list[tuple[Row, Listener]]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        gap = self.config.batch_window_ms / 1000.0
+        latest = time.monotonic() + max(gap, self.config.max_wait_ms / 1000.0)
+        while len(batch) < self.config.max_batch_size:
+            left = latest - time.monotonic()
+            wait = min(max(gap, 0.005) if self._preparing else gap, left)  # never a busy loop
+            try:
+                batch.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                if self._preparing and time.monotonic() < latest:
+                    continue  # more requests are on their way
+                break
+        return batch
+
+    def _work(self) -> None:
+        while not self._closed.is_set():
+            batch = self._collect()
+            if not batch:
+                continue
+            rows = [row for row, _ in batch]
+            with self._lock:
+                self._running = len(rows)
+                self._batch_sizes[len(rows)] += 1
+            start = time.monotonic()
+            try:
+                generate_rows(self.model, rows)
+            except Exception as exc:  # reported to every unfinished request; the engine keeps serving
+                log.exception("generation failed for a batch of %d", len(rows))
+                with self._lock:
+                    self._counts["batch_errors"] += 1
+                for row, listener in batch:
+                    if not row.cancel.is_set() and not row.finished.is_set():
+                        _notify(listener, "error", exc)
+            finally:
+                elapsed = time.monotonic() - start
+                with self._lock:
+                    self._running = 0
+                    self._recent_batch_seconds = 0.7 * self._recent_batch_seconds + 0.3 * elapsed
+
+    # --- state --------------------------------------------------------------------------------
+
+    def stats(self) -> dict:
+        with self._lock:
+            sizes = dict(sorted(self._batch_sizes.items()))
+            return {
+                "queued": self._queue.qsize(),
+                "running": self._running,
+                "preparing": self._preparing,
+                "max_queue": self.config.max_queue,
+                "max_batch_size": self.config.max_batch_size,
+                "batches": sum(sizes.values()),
+                "batch_sizes": {str(k): v for k, v in sizes.items()},
+                "largest_batch": max(sizes, default=0),
+                **dict(self._counts),
+            }
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop taking requests; queued ones are cancelled; the running batch finishes."""
+        self._closed.set()
+        while True:
+            try:
+                row, listener = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            row.cancel.set()
+            _notify(listener, "error", EngineClosed("the server is shutting down"))
+        self._thread.join(timeout)
+
+
+def _notify(listener: Listener, kind: str, value) -> None:
+    try:
+        listener(kind, value)
+    except RuntimeError as exc:  # e.g. the client's event loop is gone; nothing left to tell
+        log.debug("listener for a %s event failed: %s", kind, exc)

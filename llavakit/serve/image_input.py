@@ -1,0 +1,131 @@
+"""Images in API requests: data URLs, confined local files, opt-in remote URLs — with limits.
+
+- ``data:image/<type>;base64,<data>``: always accepted (the normal way to send an image);
+- a local path or ``file://`` URL: only with ``--allow-local-files DIR``, and only for files whose
+  resolved path (symlinks followed) lies inside ``DIR``;
+- ``http(s)://``: refused unless ``--allow-remote-images`` (no server-side fetching, so no SSRF by
+  default); when allowed: timeout, redirect and size limits.
+
+Every image is checked against ``max_pixels`` from its header *before* it is decoded, so a
+decompression bomb costs nothing. Problems raise :class:`~llavakit.serve.schema.ApiError` (400)
+naming the request field.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from PIL import Image
+
+from llavakit.data.images import to_rgb
+from llavakit.serve.schema import ImagePart, bad
+
+_DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
+
+
+@dataclass
+class ImagePolicy:
+    max_pixels: int = 4096 * 4096
+    max_bytes: int = 16 * 1024 * 1024  # per image (remote and local files; data URLs are capped by the body limit)
+    local_root: Path | None = None  # --allow-local-files DIR
+    allow_remote: bool = False  # --allow-remote-images
+    remote_timeout: float = 10.0
+
+
+def decode_image(data: bytes, param: str, max_pixels: int) -> Image.Image:
+    """Bytes → RGB image, refusing non-images and images over ``max_pixels`` before decoding."""
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError:
+        raise bad(f"{param}: the image is far larger than {max_pixels} pixels", param, "image_too_large") from None
+    except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
+        raise bad(f"{param}: the data is not an image that can be decoded ({exc})", param, "invalid_image") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise bad(f"{param}: the image is {width}x{height} = {width * height} pixels; this server accepts at "
+                  f"most {max_pixels}", param, "image_too_large")
+    try:
+        img.load()
+        return to_rgb(img)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise bad(f"{param}: the image data is corrupt ({exc})", param, "invalid_image") from None
+
+
+def _from_data_url(url: str, param: str) -> bytes:
+    match = _DATA_URL.match(url)
+    if not match:
+        raise bad(f"{param}: malformed data URL (expected data:image/<type>;base64,<data>)", param, "invalid_image_url")
+    if not match["mime"].startswith("image/"):
+        raise bad(f"{param}: the data URL's media type is {match['mime']!r}, not image/*", param, "invalid_image_url")
+    if "base64" not in [p.strip() for p in match["params"].split(";")]:
+        raise bad(f"{param}: the data URL must be base64-encoded (data:image/<type>;base64,...)", param,
+                  "invalid_image_url")
+    try:
+        return base64.b64decode(re.sub(r"\s+", "", match["data"]), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise bad(f"{param}: invalid base64 in the data URL ({exc})", param, "invalid_base64") from None
+
+
+def _from_file(url: str, param: str, policy: ImagePolicy) -> bytes:
+    if policy.local_root is None:
+        raise bad(f"{param}: local file images are disabled; send a data: URL, or start the server with "
+                  "--allow-local-files DIR", param, "local_files_disabled")
+    raw = unquote(urlparse(url).path) if url.startswith("file://") else url
+    root = policy.local_root.resolve()
+    path = (root / raw).resolve()
+    if not path.is_relative_to(root):
+        raise bad(f"{param}: {raw} is outside the directory this server may read ({root})", param,
+                  "local_file_forbidden")
+    if not path.is_file():
+        raise bad(f"{param}: {raw} does not exist under {root}", param, "local_file_not_found")
+    if path.stat().st_size > policy.max_bytes:
+        raise bad(f"{param}: {raw} is larger than {policy.max_bytes} bytes", param, "image_too_large")
+    return path.read_bytes()
+
+
+async def _from_remote(url: str, param: str, policy: ImagePolicy) -> bytes:
+    if not policy.allow_remote:
+        raise bad(f"{param}: remote image URLs are refused (the server fetches nothing by default); send the "
+                  "image as a data: URL, or start the server with --allow-remote-images", param,
+                  "remote_images_disabled")
+    import httpx
+
+    chunks, size = [], 0
+    try:
+        async with httpx.AsyncClient(timeout=policy.remote_timeout, follow_redirects=True, max_redirects=3) as client:
+            async with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise bad(f"{param}: fetching {url} gave HTTP {response.status_code}", param, "image_fetch_failed")
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > policy.max_bytes:
+                        raise bad(f"{param}: {url} is larger than {policy.max_bytes} bytes", param, "image_too_large")
+                    chunks.append(chunk)
+    except httpx.HTTPError as exc:
+        raise bad(f"{param}: fetching {url} failed: {exc}", param, "image_fetch_failed") from None
+    return b"".join(chunks)
+
+
+def is_remote(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
+async def fetch_bytes(part: ImagePart, policy: ImagePolicy) -> bytes:
+    """The raw bytes of one image part (decoding is separate: it is CPU work)."""
+    url = part.url.strip()
+    if url.startswith("data:"):
+        return _from_data_url(url, part.param)
+    if is_remote(url):
+        return await _from_remote(url, part.param, policy)
+    scheme = urlparse(url).scheme
+    if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):  # paths (incl. C:\ on Windows)
+        return _from_file(url, part.param, policy)
+    raise bad(f"{part.param}: unsupported URL scheme {scheme!r} (use data:, a local path or http(s))", part.param,
+              "invalid_image_url")
+

@@ -1,0 +1,148 @@
+"""The engine: micro-batches concurrent requests on one worker thread; bounded queue; cancel; errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from llavakit.data.templates import Message
+from llavakit.errors import LlavakitError
+from llavakit.serve.batch import GenParams, Row
+from llavakit.serve.engine import Engine, EngineConfig, QueueFull
+from llavakit.serve.prompts import PromptEncoder
+
+
+def wait_for(condition, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+class Collector:
+    def __init__(self):
+        self.texts: list[str] = []
+        self.result = None
+        self.error = None
+        self.done = threading.Event()
+
+    def __call__(self, kind, value):
+        if kind == "text":
+            self.texts.append(value)
+        elif kind == "done":
+            self.result = value
+            self.done.set()
+        else:
+            self.error = value
+            self.done.set()
+
+
+@pytest.fixture
+def row_for(tiny_model):
+    enc = PromptEncoder(tiny_model)
+
+    def make(text="hello", **params):
+        return Row(enc.encode([Message("user", text)]), None, GenParams(**params))
+
+    return make
+
+
+def test_concurrent_submissions_share_one_generate_call(tiny_model, row_for):
+    engine = Engine(tiny_model, EngineConfig(max_batch_size=8, batch_window_ms=500))
+    try:
+        collectors = [Collector() for _ in range(6)]
+        for i, c in enumerate(collectors):
+            engine.submit(row_for(f"question {i}", max_new_tokens=4 + i), c)
+        for c in collectors:
+            assert c.done.wait(60)
+        stats = engine.stats()
+        assert stats["largest_batch"] > 1  # counted, not timed
+        assert sum(int(k) * v for k, v in stats["batch_sizes"].items()) == 6
+        assert [c.result.completion_tokens for c in collectors] == [4 + i for i in range(6)]
+        assert all("".join(c.texts) == c.result.text for c in collectors)
+    finally:
+        engine.close()
+
+
+def test_run_matches_direct_generation(tiny_model, row_for):
+    from llavakit.serve.batch import generate_rows
+
+    engine = Engine(tiny_model)
+    try:
+        assert engine.run(row_for("hi", max_new_tokens=6), timeout=60).text == \
+            generate_rows(tiny_model, [row_for("hi", max_new_tokens=6)])[0].text
+    finally:
+        engine.close()
+
+
+def test_full_queue_is_refused_and_cancel_frees_the_worker(tiny_model, row_for):
+    engine = Engine(tiny_model, EngineConfig(max_batch_size=1, batch_window_ms=0, max_queue=1))
+    try:
+        long_one, waiting = Collector(), Collector()
+        handle = engine.submit(row_for(max_new_tokens=1000), long_one)
+        wait_for(lambda: engine.stats()["running"] == 1)
+        queued = engine.submit(row_for(max_new_tokens=3), waiting)
+        with pytest.raises(QueueFull) as info:
+            engine.submit(row_for(max_new_tokens=3), Collector())
+        assert info.value.retry_after >= 1
+        assert engine.stats()["rejected_queue_full"] == 1
+        handle.cancel()
+        assert long_one.done.wait(60) and long_one.result.finish_reason == "cancelled"
+        assert long_one.result.completion_tokens < 1000
+        assert waiting.done.wait(60) and waiting.result.finish_reason == "length"
+        assert not queued.cancelled
+    finally:
+        engine.close()
+
+
+def test_a_failing_batch_is_reported_and_the_engine_keeps_serving(tiny_model, row_for):
+    engine = Engine(tiny_model)
+    try:
+        broken = row_for("no image token here", max_new_tokens=3)
+        broken.pixel_values = torch.zeros(1, 3, 32, 32)  # an image but no <image> position
+        bad = Collector()
+        engine.submit(broken, bad)
+        assert bad.done.wait(60)
+        assert isinstance(bad.error, LlavakitError) and "image" in str(bad.error)
+        assert engine.stats()["batch_errors"] == 1
+        assert engine.run(row_for(max_new_tokens=3), timeout=60).completion_tokens == 3
+    finally:
+        engine.close()
+
+
+def test_close_refuses_new_work(tiny_model, row_for):
+    engine = Engine(tiny_model)
+    engine.close()
+    with pytest.raises(LlavakitError):
+        engine.submit(row_for(), Collector())
+
+
+def test_a_batch_waits_for_requests_still_being_prepared(tiny_model, row_for):
+    # no time window at all: only the announcement keeps the batch open for the second request
+    engine = Engine(tiny_model, EngineConfig(max_batch_size=4, batch_window_ms=0, max_wait_ms=30_000))
+    try:
+        first, second = Collector(), Collector()
+        with engine.preparing():  # the second request is on its way (e.g. its image is decoding)
+            engine.submit(row_for(max_new_tokens=3), first)
+            wait_for(lambda: engine.stats()["queued"] == 0)  # the worker took the first and waits
+            engine.submit(row_for(max_new_tokens=3), second)
+        assert first.done.wait(60) and second.done.wait(60)
+        assert engine.stats()["batch_sizes"] == {"2": 1}
+    finally:
+        engine.close()
+
+
+def test_requests_in_preparation_are_bounded_too(tiny_model):
+    engine = Engine(tiny_model, EngineConfig(max_queue=1))
+    try:
+        with engine.preparing():
+            with pytest.raises(QueueFull):
+                with engine.preparing():
+                    pass
+        with engine.preparing():  # released again
+            assert engine.stats()["preparing"] == 1
+    finally:
+        engine.close()
