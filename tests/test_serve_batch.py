@@ -98,7 +98,7 @@ def test_streamed_pieces_always_add_up_to_the_answer(tiny_model, tokens, stop):
     pieces: list[str] = []
     row = Row([1], params=GenParams(max_new_tokens=len(tokens), stop=(stop,)), on_text=pieces.append)
     stops = stop_strings_for(tiny_model, (stop,))
-    state = RowState(row, tiny_model.tokenizer, stops, set(tiny_model._eos_ids()))
+    state = RowState(row, tiny_model.tokenizer, stops, set(tiny_model.eos_ids()))
     for tok in tokens:
         if state.done:
             break

@@ -100,7 +100,7 @@ def to_hf_llava(model: LlavaModel):
             hf.lm_head.weight.copy_(_pad_rows(lm.get_output_embeddings().weight, vocab))
     hf.generation_config.suppress_tokens = [model.image_token_id]
     hf.generation_config.pad_token_id = model.tokenizer.pad_token_id
-    hf.generation_config.eos_token_id = model._eos_ids()
+    hf.generation_config.eos_token_id = model.eos_ids()
     return hf
 
 

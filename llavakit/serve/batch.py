@@ -72,7 +72,7 @@ class Row:
 def stop_strings_for(model, extra: Sequence[str] = ()) -> list[str]:
     """The template's stop marker, the request's stops, and the EOS/pad token strings."""
     tok = model.tokenizer
-    specials = [tok.convert_ids_to_tokens(i) for i in model._eos_ids()] + [tok.eos_token, tok.pad_token]
+    specials = [tok.convert_ids_to_tokens(i) for i in model.eos_ids()] + [tok.eos_token, tok.pad_token]
     return list(dict.fromkeys(s for s in [*model.stop_strings(list(extra)), *specials] if s))
 
 
@@ -195,7 +195,7 @@ def generate_rows(model, rows: Sequence[Row]) -> list[RowResult]:
     """
     if not rows:
         return []
-    eos_ids = set(model._eos_ids())
+    eos_ids = set(model.eos_ids())
     states = [RowState(r, model.tokenizer, stop_strings_for(model, r.params.stop), eos_ids) for r in rows]
     for state in states:
         if state.row.cancel.is_set():

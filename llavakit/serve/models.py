@@ -7,7 +7,7 @@
   the cache, like the embedded SmolLM2) → :class:`TextModel`. Useful as the datagen teacher /
   eval judge behind ``llavakit serve``.
 
-:class:`TextModel` exposes the generation API of :class:`~llavakit.model.llava.LlavaModel`
+:class:`TextModel` shares the generation API of :class:`~llavakit.model.llava.LlavaModel`
 (``generate``, ``decode``, ``answer``, ``stream``, ``processor``, ``tokenizer``); images are refused.
 """
 
@@ -21,11 +21,11 @@ from llavakit.data.processor import Processor
 from llavakit.errors import ConfigError, LlavakitError
 from llavakit.model.checkpoint import is_checkpoint, load_model
 from llavakit.model.config import LMConfig
-from llavakit.model.llava import LlavaModel
+from llavakit.model.generation import GenerationMixin
 from llavakit.model.presets import PRESETS
 
 
-class TextModel(nn.Module):
+class TextModel(GenerationMixin, nn.Module):
     """A causal LM + tokenizer + conversation template, generating like a LlavaModel without images."""
 
     num_image_tokens = 1  # the processor needs >= 1; an image placeholder is refused in embed()
@@ -39,18 +39,6 @@ class TextModel(nn.Module):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.processor = Processor(tokenizer, template, 1, image_token, system_prompt)
-
-    # The generation API is LlavaModel's; only embedding and preprocessing differ.
-    device = LlavaModel.device
-    dtype = LlavaModel.dtype
-    stop_strings = LlavaModel.stop_strings
-    _gen_kwargs = LlavaModel._gen_kwargs
-    _eos_ids = LlavaModel._eos_ids
-    generate = LlavaModel.generate
-    decode = LlavaModel.decode
-    prepare = LlavaModel.prepare
-    answer = LlavaModel.answer
-    stream = LlavaModel.stream
 
     def embed(self, input_ids, pixel_values=None, image_features=None):
         if pixel_values is not None or image_features is not None or (input_ids == self.processor.image_token_id).any():
