@@ -1,0 +1,175 @@
+"""What trains in each stage, the artifacts each stage writes, token-weighted accumulation, overfitting."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_train_support import changed, snapshot, train_config, write_captions, write_instructions
+
+from llavakit.errors import ConfigError
+from llavakit.model import load_model, load_projector, save_pretrained, save_projector
+from llavakit.train.runner import TrainSession
+
+
+def _names(model, prefix: str) -> set[str]:
+    return {n for n, _ in model.named_parameters() if n.startswith(prefix)}
+
+
+def test_stage1_changes_only_the_projector_and_writes_the_artifact(tmp_path, tiny_model):
+    data, images = write_captions(tmp_path, 8)
+    cfg = train_config(tmp_path, 1, data, images, max_steps=2)
+    session = TrainSession(cfg)
+    model = session.unwrapped
+    assert session.data.dataset.processor.template.name == "plain"
+    assert not any(p.requires_grad for p in model.language_model.parameters())  # no LLM weight grads
+    assert not any(p.requires_grad for p in model.vision_tower.parameters())
+    before = snapshot(model)
+    result = session.train()
+    after = snapshot(model)
+    assert changed(before, after) == _names(model, "projector.")
+    # the artifact is exactly the trained projector, and loads on a fresh base
+    fresh = load_model("tiny-random")
+    load_projector(fresh, result.artifact)
+    for name, value in fresh.projector.state_dict().items():
+        assert torch.equal(value, model.projector.state_dict()[name])
+    out = tmp_path / "out"
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)
+    assert {"lr_projector", "grad_norm", "samples_per_s", "tokens"} <= set(rows[0])
+    assert (out / "loss.png").stat().st_size > 1000
+    assert json.loads((out / "result.json").read_text())["steps"] == 2
+    assert result.global_batch == 4 and result.final_loss == rows[-1]["loss"]
+    # a second run into the same directory must not silently start over
+    with pytest.raises(ConfigError, match="already holds checkpoints .* pass --resume"):
+        TrainSession(cfg)
+    with pytest.raises(ConfigError, match="differs from the run .* in optim.lr"):
+        TrainSession(train_config(tmp_path, 1, data, images, max_steps=2, **{"optim.lr": 0.5}), resume=True)
+
+
+def test_stage2_full_trains_projector_and_llm_never_the_tower(tmp_path, tiny_model):
+    data, images = write_instructions(tmp_path, 8, text_only=0)
+    save_projector(tiny_model, tmp_path / "stage1")
+    cfg = train_config(tmp_path, 2, data, images, max_steps=2, projector=str(tmp_path / "stage1"))
+    session = TrainSession(cfg)
+    model = session.unwrapped
+    before = snapshot(model)
+    for name, value in tiny_model.projector.state_dict().items():  # started from the stage-1 artifact
+        assert torch.equal(before[f"projector.{name}"], value)
+    result = session.train()
+    diff = changed(before, snapshot(model))
+    assert diff == _names(model, "projector.") | _names(model, "language_model.")
+    assert not diff & _names(model, "vision_tower.")
+    reloaded = load_model(result.artifact)  # a full llavakit checkpoint
+    for name, value in reloaded.state_dict().items():
+        assert torch.equal(value, model.state_dict()[name]), name
+
+
+def test_lora_changes_only_adapters_and_projector_and_saves_merged(tmp_path, tiny_model):
+    data, images = write_instructions(tmp_path, 8, text_only=0)
+    save_projector(tiny_model, tmp_path / "stage1")
+    cfg = train_config(tmp_path, 2, data, images, max_steps=3, tune="lora", projector=str(tmp_path / "stage1"),
+                       **{"lora.r": 4, "lora.alpha": 8, "lora.dropout": 0.0, "optim.lr": 1e-2})
+    session = TrainSession(cfg)
+    model = session.unwrapped
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {n for n in trainable if "lora_" in n} | _names(model, "projector.")
+    before = snapshot(model)
+    result = session.train()
+    diff = changed(before, snapshot(model))
+    assert diff == trainable  # every adapter and the projector moved; nothing else did
+    assert any("lora_B" in n for n in diff)
+    batch = session.data.collator([session.data.dataset[i] for i in range(4)])
+    batch.pop("ids"), batch.pop("skipped")
+    model.eval()
+    merged = load_model(result.artifact)
+    with torch.no_grad():
+        ref = model(**batch).loss
+        got = merged(**batch).loss
+    assert got == pytest.approx(float(ref), rel=1e-4)
+
+
+def test_finetune_starts_from_a_stage2_checkpoint(tmp_path, tiny_model):
+    data, images = write_instructions(tmp_path, 4, text_only=0)
+    save_pretrained(tiny_model, tmp_path / "stage2")
+    cfg = train_config(tmp_path, "finetune", data, images, max_steps=2, model=str(tmp_path / "stage2"))
+    session = TrainSession(cfg)
+    before = snapshot(session.unwrapped)
+    for name, value in tiny_model.named_parameters():
+        assert torch.equal(before[name], value)
+    session.train()
+    diff = changed(before, snapshot(session.unwrapped))
+    assert diff and not diff & _names(session.unwrapped, "vision_tower.")
+    assert load_model(str(tmp_path / "out" / "model")).config.template == tiny_model.config.template
+
+
+def test_accumulated_micro_batches_give_the_gradient_of_one_big_batch(tmp_path):
+    data, images = write_instructions(tmp_path, 4, text_only=0)
+    # different answer lengths: a mean of per-batch means would weigh tokens unequally
+    records = json.loads(data.read_text())
+    for i, rec in enumerate(records):
+        rec["conversations"][1]["value"] = "word " * (1 + 6 * i)
+    data.write_text(json.dumps(records))
+    cfg = train_config(tmp_path, 2, data, images, max_steps=1, model="tiny-random",
+                       projector=str(_projector(tmp_path)), per_device_batch_size=2, gradient_accumulation_steps=2)
+    session = TrainSession(cfg)
+    examples = [session.data.dataset[i] for i in range(4)]
+    collate = session.data.collator
+    params = [p for p in session.unwrapped.parameters() if p.requires_grad]
+
+    def grads(group):
+        session.optimizer.zero_grad(set_to_none=True)
+        loss_sum, tokens, samples = session.loop.backward(group)
+        return float(loss_sum) / tokens, [p.grad.clone() for p in params], samples
+
+    loss_split, g_split, n_split = grads([collate(examples[:2]), collate(examples[2:])])
+    loss_whole, g_whole, n_whole = grads([collate(examples)])
+    assert n_split == n_whole == 4
+    assert loss_split == pytest.approx(loss_whole, rel=1e-6)
+    for a, b in zip(g_split, g_whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    model = session.unwrapped
+    with torch.no_grad():
+        halves = [float(model(**_model_batch(collate(examples[i:i + 2]), session)).loss) for i in (0, 2)]
+    assert abs(sum(halves) / 2 - loss_whole) > 1e-3  # the naive mean of means would differ
+
+
+def _projector(tmp_path):
+    path = tmp_path / "stage1"
+    if not path.exists():
+        save_projector(load_model("tiny-random"), path)
+    return path
+
+
+def _model_batch(batch, session):
+    return session.loop._to_device(batch)
+
+
+def test_overfits_one_batch_to_near_zero_loss(tmp_path):
+    data, images = write_captions(tmp_path, 4)
+    cfg = train_config(tmp_path, 2, data, images, max_steps=60, projector=str(_projector(tmp_path)), log_every=10,
+                       **{"optim.lr": 3e-3, "optim.projector_lr": 3e-3, "optim.warmup_ratio": 0.0,
+                          "optim.scheduler": "constant_with_warmup"})
+    result = TrainSession(cfg).train()
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["loss"] > 1.0
+    assert result.final_loss < 0.05
+
+
+def test_gradient_checkpointing_switch_keeps_the_gradients(tmp_path):
+    data, images = write_instructions(tmp_path, 4, text_only=0)
+
+    def grads(flag: bool):
+        cfg = train_config(tmp_path, 2, data, images, max_steps=1, projector=str(_projector(tmp_path)),
+                           gradient_checkpointing=flag, output_dir=str(tmp_path / f"o{flag}"))
+        session = TrainSession(cfg)
+        assert session.unwrapped.language_model.is_activation_checkpointing == flag
+        batch = session.data.collator([session.data.dataset[i] for i in range(4)])
+        session.loop.backward([batch])
+        return {n: p.grad for n, p in session.unwrapped.named_parameters() if p.requires_grad}
+
+    plain, ckpt = grads(False), grads(True)
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7)
