@@ -124,13 +124,23 @@ def test_cli_check_validates_and_prints_the_global_batch_without_a_model(tmp_pat
     assert "data.path: file /nonexistent.json does not exist" in capsys.readouterr().err
 
 
-def test_mixed_precision_needs_a_gpu(tmp_path, data_file):
-    from llavakit.train.runner import make_accelerator
+def test_cpu_mixed_precision_rules(tmp_path, data_file, monkeypatch):
+    from llavakit.train import runner
 
-    cfg = build_config({"stage": 1, "model": "tiny-random", "data": {"path": str(data_file)},
-                        "output_dir": str(tmp_path / "o"), "mixed_precision": "bf16", "cpu": True})
-    with pytest.raises(ConfigError, match="mixed_precision 'bf16' needs a GPU"):
-        make_accelerator(cfg)
+    def cfg(mixed):
+        return build_config({"stage": 1, "model": "tiny-random", "data": {"path": str(data_file)},
+                             "output_dir": str(tmp_path / "o"), "mixed_precision": mixed, "cpu": True})
+
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        runner.make_accelerator(cfg("fp16"))
+    monkeypatch.setattr(runner, "cpu_has_bf16", lambda: False)
+    with pytest.raises(ConfigError, match="this CPU has no native bf16"):
+        runner.make_accelerator(cfg("bf16"))
+    monkeypatch.setattr(runner, "cpu_has_bf16", lambda: True)
+    accelerator, _, _ = runner.make_accelerator(cfg("bf16"))
+    assert accelerator.mixed_precision == "bf16"
+    accelerator, _, _ = runner.make_accelerator(cfg("auto"))
+    assert accelerator.mixed_precision == "no"
 
 
 def test_cli_lists_presets_and_accelerate_configs(capsys):

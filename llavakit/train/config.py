@@ -84,7 +84,7 @@ class TrainConfig:
     epochs: float = 1.0
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     seed: int = 42
-    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU; bf16 also on CPUs with native bf16
     gradient_checkpointing: bool = False
     cpu: bool = False  # force the CPU even when a GPU is present
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU)

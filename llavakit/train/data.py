@@ -18,7 +18,6 @@ from torch.utils.data import DataLoader, Subset
 from llavakit.data.batching import Collator, ImageLoader, LengthGroupedSampler, pixel_image_fn
 from llavakit.data.dataset import LlavaDataset
 from llavakit.data.images import load_image
-from llavakit.data.records import resolve_image
 from llavakit.train.config import BatchPlan, TrainConfig
 from llavakit.train.feature_cache import FeatureCache
 
@@ -73,15 +72,11 @@ class TrainData:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def image_paths(self, i: int) -> list[Path]:
-        rec = self.dataset.record(i)
-        return [resolve_image(self.dataset.image_folder, p, rec.id) for p in rec.images]
-
     def _build_cache(self, model, accelerator, keep: list[int]):
         fc = self.cfg.feature_cache
         tower = model.vision_tower.to(accelerator.device)
         self.cache = FeatureCache(fc.dir, tower)
-        paths = {i: self.image_paths(i) for i in keep if self.dataset.is_multimodal[i]}
+        paths = {i: self.dataset.image_paths(i) for i in keep if self.dataset.is_multimodal[i]}
         every = [p for ps in paths.values() for p in ps]
         report = self.cache.build(every, load_image, fc.batch_size, fc.shard_size, accelerator, accelerator.device)
         if accelerator.is_main_process:

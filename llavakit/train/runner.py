@@ -53,8 +53,18 @@ def _say(accelerator, text: str) -> None:
         print(f"llavakit train: {text}", file=sys.stderr, flush=True)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86 avx512_bf16 / AMX; Arm bf16), so autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
 def make_accelerator(cfg: TrainConfig):
-    """(Accelerator, batch plan, DDP kwargs) of this run: bf16 autocast on a GPU, fp32 on the CPU.
+    """(Accelerator, batch plan, DDP kwargs) of this run: bf16 autocast on a GPU, fp32 on the CPU
+    unless bf16 is asked for and the CPU computes it natively.
 
     The config is validated first (with the world size), before anything heavy happens."""
     from accelerate import Accelerator, PartialState
@@ -65,12 +75,19 @@ def make_accelerator(cfg: TrainConfig):
     mixed = cfg.mixed_precision
     if mixed == "auto":
         mixed = "bf16" if not cpu and torch.cuda.is_bf16_supported() else "no"
-    if cpu and mixed != "no":
-        raise ConfigError(f"mixed_precision {mixed!r} needs a GPU; use mixed_precision=no (or auto) on the CPU")
+    if cpu and mixed == "fp16":
+        raise ConfigError("mixed_precision fp16 needs a GPU; on the CPU use bf16 (CPUs with native bf16) or no")
+    if cpu and mixed == "bf16" and not cpu_has_bf16():
+        raise ConfigError("mixed_precision bf16: this CPU has no native bf16 (avx512_bf16 / amx_bf16); use no")
     from accelerate.utils import DistributedDataParallelKwargs
 
     # set before prepare() once the data is known: text-only batches leave the projector unused
     ddp = DistributedDataParallelKwargs(find_unused_parameters=False)
+    # a process may train several times (quickstart: stage 1 then 2) with other precision settings;
+    # the process group (PartialState) is kept
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     accelerator = Accelerator(cpu=cpu, mixed_precision=mixed, gradient_accumulation_steps=plan.accumulation,
                               kwargs_handlers=[ddp])
     return accelerator, plan, ddp

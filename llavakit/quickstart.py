@@ -1,0 +1,273 @@
+"""`llavakit quickstart`: one command from nothing to a trained, evaluated visual assistant.
+
+Steps (each resumable; a rerun skips finished steps and continues an interrupted one):
+
+1. ``scenes``  — synthetic annotated scenes: a training split and a held-out split (disjoint seed),
+2. ``data``    — the stage-1 caption set and the instruction set (template teacher, or an LLM),
+3. ``stage1``  — feature alignment: only the projector trains, on captions,
+4. ``stage2``  — visual instruction tuning: projector + LLM,
+5. ``eval``    — ``eval synth`` (+ blind) and ``eval pope`` on the held-out split,
+6. ``report``  — report.md with the tables, loss curves, accuracy bars, an answer grid.
+
+Every step's result is written to ``OUT/steps/<step>.json``; the budget of each preset is one
+:class:`Budget` (a preset name → sizes and training overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from llavakit.errors import ConfigError
+
+STEPS = ("scenes", "data", "stage1", "stage2", "eval", "report")
+HELDOUT_SEED = 1000  # disjoint from the training seed (0): see llavakit.datagen.scenes
+
+
+@dataclass
+class Budget:
+    """How much of everything a quickstart preset does."""
+
+    model: str  # model preset
+    train_scenes: int
+    heldout_scenes: int
+    captions: int  # stage-1 (image, caption) pairs
+    types: str  # instruction types for `llavakit datagen` (type or type:variants)
+    vqa_questions: int  # short questions per vqa sample
+    stage1: list[str] = field(default_factory=list)  # training overrides
+    stage2: list[str] = field(default_factory=list)
+    per_category: int = 50  # eval synth questions per category
+    pope_images: int = 100
+    min_objects: int = 1
+    max_objects: int = 8
+    cpu_bf16: bool = False  # bf16 autocast when the CPU computes bf16 natively (1.5x here, same loss)
+
+
+BUDGETS: dict[str, Budget] = {
+    "nano": Budget(
+        model="nano",
+        train_scenes=800,
+        heldout_scenes=200,
+        captions=800,
+        types="vqa",
+        vqa_questions=10,
+        stage1=["per_device_batch_size=16", "epochs=1", "optim.lr=1e-3"],
+        stage2=["per_device_batch_size=16", "epochs=1", "optim.lr=1e-4", "optim.projector_lr=2e-4"],
+        per_category=40,
+        pope_images=60,
+        cpu_bf16=True,
+    ),
+    "tiny": Budget(
+        model="tiny-random",
+        train_scenes=48,
+        heldout_scenes=16,
+        captions=48,
+        types="vqa,conversation,detail,reasoning",
+        vqa_questions=4,
+        stage1=["per_device_batch_size=8", "epochs=1", "optim.lr=1e-3"],
+        stage2=["per_device_batch_size=8", "epochs=1", "optim.lr=1e-3"],
+        per_category=4,
+        pope_images=8,
+    ),
+}
+
+
+@dataclass
+class Teacher:
+    kind: str = "template"
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+
+
+class Quickstart:
+    def __init__(self, out: str | Path, preset: str = "nano", teacher: Teacher | None = None, progress: bool = True):
+        if preset not in BUDGETS:
+            raise ConfigError(f"unknown quickstart preset {preset!r}; known: {', '.join(BUDGETS)}")
+        self.out = Path(out)
+        self.preset = preset
+        self.budget = BUDGETS[preset]
+        self.teacher = teacher or Teacher()
+        self.progress = progress
+        self.steps_dir = self.out / "steps"
+        self.paths = {
+            "train": self.out / "scenes" / "train",
+            "heldout": self.out / "scenes" / "heldout",
+            "captions": self.out / "data" / "captions.json",
+            "instruct": self.out / "data" / "instruct.json",
+            "stage1": self.out / "stage1",
+            "stage2": self.out / "stage2",
+            "eval": self.out / "eval",
+        }
+
+    # --- bookkeeping ------------------------------------------------------------------------
+
+    def _signature(self) -> dict:
+        return {"preset": self.preset, "budget": asdict(self.budget), "teacher": asdict(self.teacher)}
+
+    def _check_out(self) -> None:
+        sig_path = self.out / "quickstart.json"
+        sig = self._signature()
+        if sig_path.is_file():
+            old = json.loads(sig_path.read_text(encoding="utf-8"))
+            if old != sig:
+                raise ConfigError(
+                    f"{self.out} holds a quickstart run with other settings (preset {old.get('preset')!r}); "
+                    "use another --out or delete it"
+                )
+        self.out.mkdir(parents=True, exist_ok=True)
+        sig_path.write_text(json.dumps(sig, indent=2), encoding="utf-8")
+
+    def done(self, step: str) -> dict | None:
+        path = self.steps_dir / f"{step}.json"
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    def _finish(self, step: str, result: dict) -> dict:
+        self.steps_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.steps_dir / f".{step}.json.tmp"
+        tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
+        tmp.replace(self.steps_dir / f"{step}.json")
+        return result
+
+    # --- steps ------------------------------------------------------------------------------
+
+    def scenes(self) -> dict:
+        from llavakit.datagen.scenes_cli import generate_scenes
+        from llavakit.datagen.world import SceneConfig
+
+        cfg = SceneConfig(min_objects=self.budget.min_objects, max_objects=self.budget.max_objects)
+        train = generate_scenes(self.paths["train"], self.budget.train_scenes, seed=0, cfg=cfg, progress=self.progress)
+        held = generate_scenes(self.paths["heldout"], self.budget.heldout_scenes, seed=HELDOUT_SEED, cfg=cfg,
+                               progress=self.progress)
+        return {"train": train.get("images", self.budget.train_scenes), "heldout": held.get("images", self.budget.heldout_scenes)}
+
+    def data(self) -> dict:
+        from llavakit.datagen.pipeline import DatagenConfig, run_datagen
+        from llavakit.datagen.stage1 import build_caption_set
+        from llavakit.llm_client import LLMConfig
+
+        train = self.paths["train"]
+        caps = build_caption_set(train / "captions.json", self.paths["captions"], seed=0, limit=self.budget.captions)
+        llm = None
+        if self.teacher.kind == "openai":
+            llm = LLMConfig(model=self.teacher.model, base_url=self.teacher.base_url, api_key_env=self.teacher.api_key_env)
+        stats = run_datagen(DatagenConfig(
+            captions=str(train / "captions.json"), instances=str(train / "instances.json"),
+            out=str(self.paths["instruct"]), types=self.budget.types, teacher=self.teacher.kind,
+            vqa_questions=self.budget.vqa_questions, progress=self.progress, llm=llm,
+        ))
+        return {"captions": caps, "instruct": stats}
+
+    def _train(self, stage: int, overrides: list[str]) -> dict:
+        from llavakit.train import build_config, run
+
+        if stage == 1:
+            data, out = self.paths["captions"], self.paths["stage1"]
+            base = ["stage=1", "template=plain"]
+        else:
+            data, out = self.paths["instruct"], self.paths["stage2"]
+            base = ["stage=2", f"projector={self.paths['stage1'] / 'projector'}"]
+        cfg = build_config(
+            {"model": self.budget.model, "output_dir": str(out)},
+            overrides=[*base, f"data.path={data}", f"data.image_folder={self.paths['train'] / 'images'}",
+                       "checkpoint.every=25", "checkpoint.keep_last=1", *overrides],
+        )
+        from llavakit.train import state as train_state
+        from llavakit.train.runner import cpu_has_bf16
+
+        if self.budget.cpu_bf16 and cpu_has_bf16():
+            cfg.mixed_precision = "bf16"
+
+        resume = train_state.latest_checkpoint(out) is not None
+        return run(cfg, resume=resume).to_dict()
+
+    def stage1(self) -> dict:
+        return self._train(1, self.budget.stage1)
+
+    def stage2(self) -> dict:
+        return self._train(2, self.budget.stage2)
+
+    @property
+    def model_dir(self) -> Path:
+        return self.paths["stage2"] / "model"
+
+    def eval(self) -> dict:
+        from llavakit.eval import pope, synth
+        from llavakit.model import load_model
+
+        model = load_model(str(self.model_dir))
+        ev = self.paths["eval"]
+        syn = synth.evaluate(model, self.paths["heldout"], ev / "synth", blind=True,
+                             per_category=self.budget.per_category, progress=self.progress)
+        pop = pope.evaluate(model, self.paths["heldout"], ev / "pope", max_images=self.budget.pope_images,
+                            progress=self.progress)
+        return {"synth": syn, "pope": pop}
+
+    def report(self) -> dict:
+        from llavakit.report import write_report
+
+        return write_report(self)
+
+    # --- driver -----------------------------------------------------------------------------
+
+    def run(self, say: Callable[[str], None] = print) -> dict:
+        self._check_out()
+        timings = {}
+        for i, step in enumerate(STEPS, 1):
+            previous = self.done(step)
+            if previous is not None and step != "report":
+                say(f"[{i}/{len(STEPS)}] {step}: done before ({previous.get('_seconds', 0):.0f} s), skipped")
+                timings[step] = previous.get("_seconds", 0.0)
+                continue
+            say(f"[{i}/{len(STEPS)}] {step} ...")
+            start = time.time()
+            result = getattr(self, step)()
+            result["_seconds"] = round(time.time() - start, 1)
+            result["_peak_rss_mib"] = peak_rss_mib()
+            timings[step] = result["_seconds"]
+            self._finish(step, result)
+            say(f"[{i}/{len(STEPS)}] {step}: {result['_seconds']:.0f} s")
+        return timings
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process and its finished children, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return round(max(own, kids) / 1024, 1)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
+    parser.add_argument("--preset", default="nano", choices=sorted(BUDGETS),
+                        help="nano: the embedded default (real weights); tiny: a random tiny model, plumbing only")
+    parser.add_argument("--teacher", default="template", choices=("template", "openai"),
+                        help="who writes conversation/detail/reasoning data (vqa always comes from the annotations)")
+    parser.add_argument("--base-url", help="OpenAI-compatible endpoint for --teacher openai")
+    parser.add_argument("--model", dest="teacher_model", help="teacher model name for --teacher openai")
+    parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the teacher's API key")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    teacher = Teacher(args.teacher, args.base_url, args.teacher_model, args.api_key_env)
+    if teacher.kind == "openai" and not teacher.model:
+        raise ConfigError("--teacher openai needs --model (and --base-url for a server other than OpenAI)")
+    qs = Quickstart(args.out, args.preset, teacher, progress=not args.quiet)
+    start = time.time()
+    qs.run(say=lambda text: print(f"llavakit quickstart: {text}", file=sys.stderr, flush=True))
+    report = qs.done("report") or {}
+    print(report.get("summary", ""))
+    print(f"\nreport: {qs.out / 'report.md'}  (total {time.time() - start:.0f} s this run)")
+    model = qs.model_dir
+    image = report.get("example_image", str(qs.paths["heldout"] / "images"))
+    print("\nTalk to the trained model:")
+    print(f"  llavakit chat {model} --image {image}")
+    print(f"  llavakit serve {model}        # OpenAI-compatible API + web chat at http://127.0.0.1:8000/")
+    return 0
