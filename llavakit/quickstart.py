@@ -52,15 +52,18 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "nano": Budget(
         model="nano",
-        train_scenes=800,
-        heldout_scenes=200,
-        captions=800,
+        train_scenes=1000,
+        heldout_scenes=150,
+        captions=1000,
         types="vqa",
-        vqa_questions=10,
-        stage1=["per_device_batch_size=16", "epochs=1", "optim.lr=1e-3"],
-        stage2=["per_device_batch_size=16", "epochs=1", "optim.lr=1e-4", "optim.projector_lr=2e-4"],
-        per_category=40,
-        pope_images=60,
+        vqa_questions=8,
+        stage1=["per_device_batch_size=8", "epochs=1.5", "optim.lr=2e-3"],
+        stage2=["per_device_batch_size=2", "gradient_accumulation_steps=2", "max_steps=90", "optim.lr=1e-4",
+                "optim.projector_lr=1e-3"],
+        per_category=30,
+        pope_images=40,
+        min_objects=1,
+        max_objects=3,
         cpu_bf16=True,
     ),
     "tiny": Budget(
@@ -87,12 +90,13 @@ class Teacher:
 
 
 class Quickstart:
-    def __init__(self, out: str | Path, preset: str = "nano", teacher: Teacher | None = None, progress: bool = True):
-        if preset not in BUDGETS:
+    def __init__(self, out: str | Path, preset: str = "nano", teacher: Teacher | None = None, progress: bool = True,
+                 budget: Budget | None = None):
+        if budget is None and preset not in BUDGETS:
             raise ConfigError(f"unknown quickstart preset {preset!r}; known: {', '.join(BUDGETS)}")
         self.out = Path(out)
         self.preset = preset
-        self.budget = BUDGETS[preset]
+        self.budget = budget or BUDGETS[preset]
         self.teacher = teacher or Teacher()
         self.progress = progress
         self.steps_dir = self.out / "steps"
@@ -164,15 +168,19 @@ class Quickstart:
         ))
         return {"captions": caps, "instruct": stats}
 
-    def _train(self, stage: int, overrides: list[str]) -> dict:
+    def train(self, stage: int, overrides: list[str], data: Path | None = None, out: Path | None = None,
+              from_stage1: bool = True) -> dict:
+        """One training run of this budget's model on the training scenes (resumes a checkpoint)."""
         from llavakit.train import build_config, run
+        from llavakit.train.config import FRESH_PROJECTOR
 
         if stage == 1:
-            data, out = self.paths["captions"], self.paths["stage1"]
+            data, out = data or self.paths["captions"], out or self.paths["stage1"]
             base = ["stage=1", "template=plain"]
         else:
-            data, out = self.paths["instruct"], self.paths["stage2"]
-            base = ["stage=2", f"projector={self.paths['stage1'] / 'projector'}"]
+            data, out = data or self.paths["instruct"], out or self.paths["stage2"]
+            projector = self.paths["stage1"] / "projector" if from_stage1 else FRESH_PROJECTOR
+            base = ["stage=2", f"projector={projector}"]
         cfg = build_config(
             {"model": self.budget.model, "output_dir": str(out)},
             overrides=[*base, f"data.path={data}", f"data.image_folder={self.paths['train'] / 'images'}",
@@ -188,24 +196,27 @@ class Quickstart:
         return run(cfg, resume=resume).to_dict()
 
     def stage1(self) -> dict:
-        return self._train(1, self.budget.stage1)
+        return self.train(1, self.budget.stage1)
 
     def stage2(self) -> dict:
-        return self._train(2, self.budget.stage2)
+        return self.train(2, self.budget.stage2)
 
     @property
     def model_dir(self) -> Path:
         return self.paths["stage2"] / "model"
 
     def eval(self) -> dict:
+        return self.evaluate(self.model_dir, self.paths["eval"], blind=True)
+
+    def evaluate(self, model_dir: Path, out: Path, blind: bool) -> dict:
+        """``eval synth`` (+ blind) and ``eval pope`` of ``model_dir`` on the held-out split."""
         from llavakit.eval import pope, synth
         from llavakit.model import load_model
 
-        model = load_model(str(self.model_dir))
-        ev = self.paths["eval"]
-        syn = synth.evaluate(model, self.paths["heldout"], ev / "synth", blind=True,
+        model = load_model(str(model_dir))
+        syn = synth.evaluate(model, self.paths["heldout"], out / "synth", blind=blind,
                              per_category=self.budget.per_category, progress=self.progress)
-        pop = pope.evaluate(model, self.paths["heldout"], ev / "pope", max_images=self.budget.pope_images,
+        pop = pope.evaluate(model, self.paths["heldout"], out / "pope", max_images=self.budget.pope_images,
                             progress=self.progress)
         return {"synth": syn, "pope": pop}
 
@@ -216,23 +227,28 @@ class Quickstart:
 
     # --- driver -----------------------------------------------------------------------------
 
+    def step(self, name: str, fn: Callable[[], dict], say: Callable[[str], None], tag: str = "",
+             redo: bool = False) -> dict:
+        """Run ``fn`` as step ``name`` unless it finished before; record its result, time and memory."""
+        previous = None if redo else self.done(name)
+        if previous is not None:
+            say(f"{tag}{name}: done before ({previous.get('_seconds', 0):.0f} s), skipped")
+            return previous
+        say(f"{tag}{name} ...")
+        start = time.time()
+        result = fn()
+        result["_seconds"] = round(time.time() - start, 1)
+        result["_peak_rss_mib"] = peak_rss_mib()
+        self._finish(name, result)
+        say(f"{tag}{name}: {result['_seconds']:.0f} s")
+        return result
+
     def run(self, say: Callable[[str], None] = print) -> dict:
         self._check_out()
         timings = {}
-        for i, step in enumerate(STEPS, 1):
-            previous = self.done(step)
-            if previous is not None and step != "report":
-                say(f"[{i}/{len(STEPS)}] {step}: done before ({previous.get('_seconds', 0):.0f} s), skipped")
-                timings[step] = previous.get("_seconds", 0.0)
-                continue
-            say(f"[{i}/{len(STEPS)}] {step} ...")
-            start = time.time()
-            result = getattr(self, step)()
-            result["_seconds"] = round(time.time() - start, 1)
-            result["_peak_rss_mib"] = peak_rss_mib()
-            timings[step] = result["_seconds"]
-            self._finish(step, result)
-            say(f"[{i}/{len(STEPS)}] {step}: {result['_seconds']:.0f} s")
+        for i, name in enumerate(STEPS, 1):
+            result = self.step(name, getattr(self, name), say, f"[{i}/{len(STEPS)}] ", redo=name == "report")
+            timings[name] = result.get("_seconds", 0.0)
         return timings
 
 

