@@ -23,8 +23,10 @@ ended it (errors are returned, not raised, so one bad request does not sink a ba
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
@@ -34,6 +36,15 @@ from typing import Callable, Sequence
 import openai
 
 from llavakit.errors import ConfigError, LlavakitError
+
+_KEYLIKE = re.compile(r"\b(?:sk|pk|key|api)[-_][A-Za-z0-9*_\-.]{6,}", re.I)
+
+
+def _redact(text: str, key: str | None) -> str:
+    """Server error text without the API key or anything shaped like one (servers echo masked keys)."""
+    if key and len(key) >= 4:
+        text = text.replace(key, "[redacted]")
+    return _KEYLIKE.sub("[redacted]", text)
 
 RETRY_STATUS = {408, 409, 425, 429}  # plus every 5xx
 
@@ -202,17 +213,23 @@ class ChatClient:
                 attempt += 1
                 try:
                     resp = await self._once(client, messages, params)
-                except ValueError as exc:  # a 200 whose body is not JSON
+                except json.JSONDecodeError as exc:  # a 200 whose body is not JSON
                     self.usage.fail()
                     raise LLMError("bad_response", f"{self.cfg.base_url or 'api.openai.com'}: the reply is not "
                                                    f"valid JSON ({exc})", attempt) from None
+                except ValueError as exc:  # e.g. a reply the client cannot validate, or a bad argument
+                    self.usage.fail()
+                    raise LLMError("bad_response", f"{self.cfg.base_url or 'api.openai.com'}: the request or its "
+                                                   f"reply was refused by the client ({type(exc).__name__}: "
+                                                   f"{_redact(str(exc), self._key)[:300]})", attempt) from None
                 except (asyncio.TimeoutError, openai.APIError) as exc:
                     retry, reason, after = _retryable(exc)
                     if not retry or attempt > self.cfg.max_retries:
                         self.usage.fail()
                         hint = " (check the key in $" + self.cfg.api_key_env + ")" if reason == "http_401" else ""
                         raise LLMError(reason, f"{self.cfg.base_url or 'api.openai.com'}: {reason} after "
-                                               f"{attempt} attempt(s): {str(exc)[:200]}{hint}", attempt) from None
+                                               f"{attempt} attempt(s): {_redact(str(exc), self._key)[:200]}{hint}",
+                                       attempt) from None
                     self.usage.retry(reason)
                     await self._sleep(self._delay(attempt - 1, after))
                     continue

@@ -234,7 +234,7 @@ def _plot_rows(numbers: dict, out: Path) -> Path:
     if blind:
         left.scatter([i for i, _ in blind], [b for _, b in blind], color="#111827", zorder=3, label="blind")
     left.set_ylabel("held-out synth accuracy (%)")
-    left.legend(fontsize=8)
+    left.legend(loc="lower right", fontsize=8)
     gains = [numbers[n]["gain"].get("all", 0) for n in names]
     right.bar(names, gains, color="#16a34a")
     right.set_ylabel("image gain (nats/token)")

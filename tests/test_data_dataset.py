@@ -119,6 +119,19 @@ def test_long_samples_cut_at_a_turn_boundary(processor, folder):
     assert len(tiny) == 0 and tiny.report.dropped == [("long", full.lengths[0])]
 
 
+def test_a_cut_multi_image_sample_keeps_only_the_images_of_its_kept_turns(processor, folder):
+    (folder / "b.jpg").write_bytes(b"second image")
+    record = rec("two", "<image>\nq0", "a0 " + "x" * 30, "<image>\nq1", "a1 " + "y" * 30, image=["a.jpg", "b.jpg"])
+    full = LlavaDataset([record], processor, image_folder=folder)
+    assert len(full[0].images) == 2 and full[0].input_ids.count(processor.image_token_id) == 2 * N
+    one_turn = len(processor.encode(full.messages(0)[:2]))
+    ds = LlavaDataset([record], processor, image_folder=folder, max_length=one_turn, long_policy="truncate")
+    ex = ds[0]
+    assert ds.report.cut == [("two", 4, 2)]
+    assert ex.images == [(folder / "a.jpg").resolve()] and ds.image_paths(0) == ex.images
+    assert ex.input_ids.count(processor.image_token_id) == N  # positions and images agree
+
+
 def test_truncate_keeps_a_leading_system_turn(processor):
     turns = [{"from": "system", "value": "Be terse."}]
     for r in range(4):

@@ -69,6 +69,13 @@ def test_reader_errors_name_the_file(tmp_path, coco):
     noinst = _write(tmp_path / "noinst.json", {"images": [], "annotations": []})
     with pytest.raises(DataError, match="categories"):
         read_coco(caps, noinst)
+    inst = json.loads((tmp_path / "instances.json").read_text())
+    inst["images"].append(dict(inst["images"][0]))  # image id 7 twice: duplicate output records
+    dup = _write(tmp_path / "dup.json", inst)
+    with pytest.raises(DataError, match=r"dup.json: images\[3\] repeats image id 7 \(first at images\[0\]\)"):
+        read_coco(caps, dup)
+    with pytest.raises(DataError, match=r"repeats image id 7"):
+        read_coco(_write(tmp_path / "dupcaps.json", {**json.loads(caps.read_text()), "images": inst["images"]}))
 
 
 def test_prompts_have_system_and_few_shot_turns():

@@ -101,6 +101,12 @@ def test_non_retryable_status_fails_at_once_and_key_never_leaks(monkeypatch):
         assert "sk-very-secret" not in repr(c) and "sk-very-secret" not in repr(c.cfg)
         # the key is sent as the bearer token
         assert stub.chat_requests()[0]["headers"]["authorization"] == "Bearer sk-very-secret-123"
+    with OpenAIStub(fail_first=5, fail_status=401) as stub:  # a server that quotes the key back
+        stub.echo_key = True
+        c = ChatClient(LLMConfig(model="m", base_url=stub.base_url, api_key_env="MY_SECRET_KEY"), sleep=Sleeps())
+        [r] = c.run_batch([MSGS])
+        assert "stub failure 1; key provided: [redacted]" in str(r)
+        assert "sk-very-secret" not in str(r) and "sk-ver" not in str(r)
 
 
 def test_missing_key_for_openai_is_a_config_error(monkeypatch):

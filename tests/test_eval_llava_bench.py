@@ -26,6 +26,10 @@ Q, CTX, ANS, REF = (FIX / n for n in ("questions.jsonl", "context.jsonl", "answe
      ("8/10 4/10", (8.0, 4.0)), ("Scores: 8 and 6", (8.0, 6.0)), ("\n\n 10 1 ", (10.0, 1.0)),
      ("Assistant 1: 8\nAssistant 2: 6.5", (8.0, 6.5)),
      ("Assistant 1 receives a score of 9 while Assistant 2 gets 2", (9.0, 2.0)),
+     ("Both Assistant 1 and Assistant 2 are accurate.\nAssistant 1: 8, Assistant 2: 7", (8.0, 7.0)),
+     ("Assistant 1's score is 7/10 and Assistant 2's score is 5/10", (7.0, 5.0)),
+     ("Assistant 1 counted 3 apples, Assistant 2 counted 4.", None),
+     ("8/10", None), ("8/10\nThe answer is good.", None),
      ("Both are fine.", None), ("", None), ("0 5", None), ("8 11", None), ("7 4 3", None), ("8", None)],
 )
 def test_parse_scores(review, expected):
@@ -225,3 +229,25 @@ def test_cli_from_scenes_with_model_answers(scenes, tmp_path, capsys):
     assert len(prompts) == 3
     assert all(p.startswith("[Context]\n" + ctx["captions"][0]) and f"{ctx['instances'][0]['category']}: [" in p
                for p in prompts)
+
+
+def test_an_empty_reference_stops_the_run_and_is_asked_again_on_the_rerun(tmp_path):
+    replies = iter(["", "", "", ""])  # q1's reference is empty on every try of the first run
+
+    def teacher(messages):
+        if "What color is the square?" in messages[1]["content"]:
+            return next(replies, "It is red.")
+        return "Teacher reference answer."
+
+    with OpenAIStub(reply=teacher) as t_stub, OpenAIStub(reply=lambda m: "8 4") as j_stub:
+        judge, t = make_client("j", j_stub.base_url), make_client("t", t_stub.base_url)
+        with pytest.raises(DataError, match="no reference answer for 1 question"):
+            llava_bench.evaluate(Q, CTX, tmp_path, ANS, judge, teacher_client=t, retries=2, progress=False)
+        asked = len(t_stub.chat_requests())
+        with pytest.raises(DataError, match="no reference answer for 1 question"):  # the rerun asks again, never judges None
+            llava_bench.evaluate(Q, CTX, tmp_path, ANS, judge, teacher_client=t, retries=0, progress=False)
+        assert len(t_stub.chat_requests()) == asked + 1 and not j_stub.chat_requests()
+        res = llava_bench.evaluate(Q, CTX, tmp_path, ANS, judge, teacher_client=t, retries=0, progress=False)
+    assert res["summary"]["all"]["reviewed"] == 6
+    refs = {r["question_id"]: r["parsed"] for r in read_jsonl(tmp_path / "references.jsonl")}
+    assert refs[0] == "It is red." and None not in refs.values()

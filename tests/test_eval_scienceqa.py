@@ -101,6 +101,12 @@ def test_convert_errors_name_the_input(tmp_path, capsys):
     bad.write_text(json.dumps(raw))
     with pytest.raises(DataError, match="problem 205: answer 7 is not an index"):
         load_problems(bad)
+    raw = json.loads(PROBLEMS.read_text())
+    with_image = next(pid for pid, p in raw.items() if p.get("image"))
+    del raw[with_image]["split"]
+    bad.write_text(json.dumps(raw))
+    with pytest.raises(DataError, match=f"problem {with_image}: has image 'image.png' but no split"):
+        load_problems(bad)
     code = main(["data", "scienceqa", "--problems", str(PROBLEMS), "--pid-splits", str(SPLITS), "--split", "test",
                  "--out", str(tmp_path / "x.json"), "--image-folder", str(tmp_path)])
     assert code == 2 and "2 problem image(s) are missing" in capsys.readouterr().err
@@ -210,6 +216,14 @@ def test_eval_cli_scores_writes_result_and_ensembles(tmp_path, capsys):
     md = (out / "scienceqa.md").read_text()
     assert "| model | 66.67 | 100.00 | 33.33 | 33.33 | 50.00 | 66.67 | 66.67 | 50.00 | 57.14 | 7 | 2 |" in md
     assert "| judge |" in capsys.readouterr().out
+    # rerun: the same judge asks nothing again; another judge model decides afresh
+    for judge_model, more in (("stub", 0), ("other-judge", 6)):
+        with OpenAIStub(reply=sqa_judge) as stub:
+            assert main(["eval", "scienceqa", "--problems", str(PROBLEMS), "--pid-splits", str(SPLITS), "--split",
+                         "test", "--answers", str(FIX / "answers.jsonl"), "--other", str(FIX / "other_result.json"),
+                         "--ensemble", "judge", "--judge-model", judge_model, "--judge-base-url", stub.base_url,
+                         "--out", str(out), "--quiet"]) == 0
+            assert len(stub.chat_requests()) == more
 
 
 def test_eval_reports_missing_split_problems(tmp_path):

@@ -132,3 +132,20 @@ def test_renders_heldout_scenes_when_asked(tmp_path, capsys):
     assert heldout_warnings(tmp_path / "s") == []
     ensure_scenes(tmp_path / "train", n=1, seed=0, progress=False)  # the training default seed
     assert "seed 0" in heldout_warnings(tmp_path / "train")[0]
+
+
+def test_heldout_check_reads_what_the_checkpoint_was_trained_on(tmp_path):
+    import json
+
+    from llavakit.eval.scenes_input import ensure_scenes, heldout_warnings
+
+    for name, seed in (("train", 7), ("same_seed", 7), ("held", 8)):
+        ensure_scenes(tmp_path / name, n=1, seed=seed, progress=False)
+    stage1, model = tmp_path / "stage1", tmp_path / "model"
+    stage1.mkdir(), model.mkdir()
+    (stage1 / "training.json").write_text(json.dumps({"stage": 1, "image_folder": str(tmp_path / "train" / "images")}))
+    (model / "training.json").write_text(json.dumps({"stage": 2, "image_folder": str(tmp_path / "other"),
+                                                     "from": [json.loads((stage1 / "training.json").read_text())]}))
+    assert heldout_warnings(tmp_path / "held", str(model)) == []
+    assert "trained on the images" in heldout_warnings(tmp_path / "train", str(model))[0]  # via stage 1's record
+    assert "has seed 7, like the training scenes" in heldout_warnings(tmp_path / "same_seed", str(model))[0]

@@ -170,3 +170,22 @@ def test_unknown_model_spec_is_one_clear_error(tmp_path):
         load_model("no-such-preset")
     with pytest.raises(LlavakitError, match="not a llavakit checkpoint"):
         load_model(str(tmp_path))
+
+
+def test_auto_template_uses_the_chat_template_when_the_tokenizer_has_one(fresh_tiny_model):
+    from llavakit.model.llava import LlavaModel
+
+    m = fresh_tiny_model
+    cfg = copy_config(m.config, template="auto")
+    assert LlavaModel(cfg, m.vision_tower, m.language_model, m.tokenizer).config.template == "chat_template"
+    m.tokenizer.chat_template = None  # an LM without a chat template (e.g. a base model) gets vicuna_v1
+    cfg = copy_config(m.config, template="auto")
+    plain = LlavaModel(cfg, m.vision_tower, m.language_model, m.tokenizer)
+    assert plain.config.template == "vicuna_v1" and plain.processor.stop_str == "</s>"
+
+
+def copy_config(config, **changes):
+    import copy
+    import dataclasses
+
+    return dataclasses.replace(copy.deepcopy(config), **changes)

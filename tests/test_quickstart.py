@@ -39,6 +39,12 @@ def test_quickstart_tiny_end_to_end_then_resumes(tmp_path, cache_dir, capsys):
     from llavakit.model import load_model
 
     load_model(str(model_dir))  # the trained model is a loadable checkpoint
+    # it records what it (and its stage-1 projector) was trained on; the held-out split is not that
+    trained = json.loads((model_dir / "training.json").read_text(encoding="utf-8"))
+    train_images = str((out / "scenes" / "train" / "images").resolve())
+    assert trained["stage"] == 2 and trained["image_folder"] == train_images
+    assert trained["from"][0]["stage"] == 1 and trained["from"][0]["image_folder"] == train_images
+    assert ev["synth"]["warnings"] == [] and ev["pope"]["warnings"] == []
 
     # a rerun skips every finished step (the report is rewritten) and keeps the results
     assert main(["quickstart", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0

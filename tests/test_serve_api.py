@@ -154,6 +154,7 @@ BAD_REQUESTS = {
                            400, "last message"),
     "unsupported parameter": ({"n": 3}, 400, "n=3 is not supported"),
     "non-image data URL": ({"messages": [image_message("data:text/plain;base64,aGk=")]}, 400, "not image/*"),
+    "seed out of range": ({"seed": 2**64}, 400, "seed must be an integer in [0, 2**63)"),
 }
 
 
@@ -274,12 +275,47 @@ def test_remote_images_when_allowed(tiny_model):
 
     images = FastAPI()
     images.get("/cat.png")(lambda: Response(png_bytes(), media_type="image/png"))
-    with BackgroundServer(images) as origin, running(tiny_model, images=ImagePolicy(allow_remote=True)) as srv:
+    with BackgroundServer(images) as origin, running(
+            tiny_model, images=ImagePolicy(allow_remote=True, allow_private_hosts=True)) as srv:
         resp = client(srv).chat.completions.create(
             model=MODEL, messages=[image_message(origin.url + "/cat.png")], max_tokens=2, temperature=0)
         assert resp.usage.completion_tokens == 2
         with pytest.raises(openai.BadRequestError, match="HTTP 404"):
             client(srv).chat.completions.create(model=MODEL, messages=[image_message(origin.url + "/no.png")])
+
+
+def test_remote_images_from_private_addresses_are_refused_even_after_a_redirect(tiny_model):
+    from fastapi import FastAPI
+    from fastapi.responses import RedirectResponse, Response
+
+    images = FastAPI()
+    images.get("/cat.png")(lambda: Response(png_bytes(), media_type="image/png"))
+    with BackgroundServer(images) as origin, running(tiny_model, images=ImagePolicy(allow_remote=True)) as srv:
+        for url in (origin.url + "/cat.png", "http://169.254.169.254/latest/meta-data", "http://[::1]:1/x.png"):
+            with pytest.raises(openai.BadRequestError, match="non-public address"):
+                client(srv).chat.completions.create(model=MODEL, messages=[image_message(url)], max_tokens=2)
+    # a redirect is checked like the first hop: a permitted origin that redirects to a private one
+    hop = FastAPI()
+    with BackgroundServer(images) as inner:
+        hop.get("/r.png")(lambda: RedirectResponse(inner.url + "/cat.png"))
+        with BackgroundServer(hop) as outer, running(
+                tiny_model, images=ImagePolicy(allow_remote=True, allow_private_hosts=True, max_redirects=1)) as srv:
+            ok = client(srv).chat.completions.create(model=MODEL, messages=[image_message(outer.url + "/r.png")],
+                                                     max_tokens=2, temperature=0)
+            assert ok.usage.completion_tokens == 2  # followed by hand, one hop
+        with BackgroundServer(hop) as outer, running(
+                tiny_model, images=ImagePolicy(allow_remote=True, allow_private_hosts=True, max_redirects=0)) as srv:
+            with pytest.raises(openai.BadRequestError, match="more than 0 redirects"):
+                client(srv).chat.completions.create(model=MODEL, messages=[image_message(outer.url + "/r.png")])
+
+
+def test_unusable_local_paths_are_400_not_500(tiny_model, tmp_path):
+    with running(tiny_model, images=ImagePolicy(local_root=tmp_path)) as srv:
+        for url in ("a\x00b.png", "x" * 5000 + ".png"):
+            with pytest.raises(openai.BadRequestError, match="not a readable file path"):
+                client(srv).chat.completions.create(model=MODEL, messages=[image_message(url)], max_tokens=2)
+        assert client(srv).chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                                   max_tokens=2).usage
 
 
 def test_image_pixel_limit(tiny_model):

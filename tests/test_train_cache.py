@@ -10,6 +10,7 @@ from PIL import Image
 from test_train_support import make_images, train_config, write_captions
 
 from llavakit.data.images import load_image
+from llavakit.errors import DataError
 from llavakit.model.config import VisionConfig
 from llavakit.model.presets import TINY_CLIP
 from llavakit.model.vision import build_vision_tower
@@ -38,6 +39,22 @@ def test_cached_features_equal_the_towers_output_and_are_reused(tmp_path, tiny_m
     assert (report.computed, report.reused) == (0, 5)
     assert torch.equal(again.get(paths), got)
     assert set(again.image_fn(paths[:2])) == {"image_features"}
+
+
+def test_an_image_that_failed_to_read_is_tried_again_by_the_next_build(tmp_path, tiny_model):
+    paths = _paths(tmp_path / "img", 3)
+
+    def flaky(path):  # e.g. a network file system hiccup
+        if str(path) == str(paths[1]):
+            raise DataError(f"image {path}: read timed out")
+        return load_image(path)
+
+    first = FeatureCache(tmp_path / "fc", tiny_model.vision_tower).build(paths, flaky)
+    assert list(first.bad) == [str(paths[1])] and first.computed == 2
+    again = FeatureCache(tmp_path / "fc", tiny_model.vision_tower)
+    report = again.build(paths, load_image)
+    assert (report.computed, report.reused, report.bad) == (1, 2, {})
+    assert again.get(paths).shape[0] == 3
 
 
 def test_an_interrupted_build_keeps_its_committed_shards(tmp_path, tiny_model):
@@ -102,7 +119,7 @@ def test_training_with_a_cache_hit_gives_the_loss_of_training_without_cache(tmp_
 def test_unreadable_images_leave_their_examples_out_and_are_reported(tmp_path):
     data, images = write_captions(tmp_path, 8)
     (images / "img003.png").write_bytes(b"not a png")
-    cfg = train_config(tmp_path, 1, data, images, max_steps=1)
+    cfg = train_config(tmp_path, 1, data, images, max_steps=1, **{"data.max_bad_image_fraction": 0.2})
     session = TrainSession(cfg)
     assert len(session.data) == 7
     result = session.train()
@@ -112,11 +129,22 @@ def test_unreadable_images_leave_their_examples_out_and_are_reported(tmp_path):
     assert report["trained_on"] == 7 and result.skipped == 1
 
 
+def test_more_bad_images_than_the_threshold_stop_the_run_with_their_ids(tmp_path):
+    data, images = write_captions(tmp_path, 8)
+    (images / "img003.png").write_bytes(b"not a png")
+    (images / "img005.png").unlink()
+    cfg = train_config(tmp_path, 1, data, images, max_steps=1)  # default threshold: 1%
+    with pytest.raises(DataError, match=r"2 of 8 samples with images .* bad ids: cap3, cap5"):
+        TrainSession(cfg)
+    report = json.loads((tmp_path / "out" / "skipped.json").read_text())
+    assert sorted(r["id"] for r in report["unreadable_images"]) == ["cap3", "cap5"]
+
+
 def test_without_cache_a_batch_emptied_by_a_bad_image_keeps_training(tmp_path):
     data, images = write_captions(tmp_path, 4)
     (images / "img002.png").write_bytes(b"broken")
     cfg = train_config(tmp_path, 1, data, images, per_device_batch_size=1, gradient_accumulation_steps=2, epochs=1,
-                       **{"feature_cache.enabled": False, "data.num_workers": 1})
+                       **{"feature_cache.enabled": False, "data.num_workers": 1, "data.max_bad_image_fraction": 0.5})
     result = TrainSession(cfg).train()
     report = json.loads((tmp_path / "out" / "skipped.json").read_text())
     assert [r["id"] for r in report["dropped_while_training"]] == ["cap2"]

@@ -173,3 +173,23 @@ def test_gradient_checkpointing_switch_keeps_the_gradients(tmp_path):
     assert plain.keys() == ckpt.keys()
     for name in plain:
         torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+def test_resume_refuses_a_changed_step_budget_and_a_torn_config(tmp_path, tiny_model):
+    data, images = write_captions(tmp_path, 8)
+    TrainSession(train_config(tmp_path, 1, data, images, max_steps=2)).train()
+    # the lr schedule spans the planned steps: a resume with another budget would silently change it
+    with pytest.raises(ConfigError, match="in max_steps .*learning-rate schedule"):
+        TrainSession(train_config(tmp_path, 1, data, images, max_steps=4), resume=True)
+    (tmp_path / "out" / "config.json").write_text('{"stage": 1, "mod')
+    with pytest.raises(ConfigError, match="config.json is not valid JSON"):
+        TrainSession(train_config(tmp_path, 1, data, images, max_steps=2), resume=True)
+
+
+def test_loss_plot_skips_steps_without_a_supervised_token(tmp_path):
+    from llavakit.train.metrics import plot_loss
+
+    rows = [{"step": i, "loss": None if i % 4 == 0 else 1.0 / i} for i in range(1, 30)]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plot_loss(path, tmp_path / "loss.png").stat().st_size > 1000

@@ -67,7 +67,7 @@ def train_config(tmp_path: Path, stage, data: Path, images: Path, **overrides):
     base = {
         "stage": stage,
         "model": "tiny-random",
-        "template": "plain" if stage == 1 else None,
+        "template": None,  # stage 1 defaults to plain (asserted in test_train_stages)
         "output_dir": str(tmp_path / "out"),
         "data": {"path": str(data), "image_folder": str(images), "max_length": 512},
         "feature_cache": {"dir": str(tmp_path / "features")},

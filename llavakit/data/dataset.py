@@ -131,6 +131,8 @@ class LlavaDataset:
                 continue
             if kept < len(rec.messages):
                 self.report.cut.append((rec.id, len(rec.messages), kept))
+                token = processor.image_token  # images of the turns that were cut go with them
+                paths = paths[: sum(m.content.count(token) for m in self._messages(rec)[:kept])]
             self._index.append(i)
             self._turns.append(kept)
             self._images.append(paths)

@@ -185,6 +185,14 @@ V1_SYSTEM = (
 )
 
 TEMPLATES = ("plain", "v0", "vicuna_v1", "chat_template")
+AUTO = "auto"  # a model's template when none is named: its tokenizer's chat template, else vicuna_v1
+
+
+def resolve_template(name: str, tokenizer) -> str:
+    """``auto`` → ``chat_template`` for tokenizers that have one, else ``vicuna_v1``; other names as given."""
+    if name != AUTO:
+        return name
+    return "chat_template" if getattr(tokenizer, "chat_template", None) else "vicuna_v1"
 
 
 def get_template(name: str, tokenizer=None, image_token: str = "<image>") -> Template:

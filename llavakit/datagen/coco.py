@@ -78,6 +78,15 @@ def _image_entry(img, i: int, where: str) -> tuple[int, str, int, int]:
         raise DataError(f"{where}: images[{i}] needs id, file_name, width and height") from None
 
 
+def _no_duplicate_ids(ids: list[int], where: str) -> None:
+    """Image ids key every job and output record: a repeated id would give duplicate records."""
+    first: dict[int, int] = {}
+    for i, iid in enumerate(ids):
+        if iid in first:
+            raise DataError(f"{where}: images[{i}] repeats image id {iid} (first at images[{first[iid]}])")
+        first[iid] = i
+
+
 def read_coco(captions_path: str | Path, instances_path: str | Path | None = None) -> CocoSet:
     """Images with their captions (and boxes when ``instances_path`` is given), in file order.
 
@@ -91,6 +100,7 @@ def read_coco(captions_path: str | Path, instances_path: str | Path | None = Non
         if not isinstance(cap_data.get("images"), list):
             raise DataError(f"{captions_path}: missing or non-list 'images'")
         entries = [_image_entry(img, i, str(captions_path)) for i, img in enumerate(cap_data["images"])]
+        _no_duplicate_ids([e[0] for e in entries], str(captions_path))
         images = []
         for iid, name, w, h in entries:
             if iid in captions:
@@ -111,6 +121,8 @@ def read_coco(captions_path: str | Path, instances_path: str | Path | None = Non
     by_image: dict[int, list[dict]] = {}
     for ann in inst["annotations"]:
         by_image.setdefault(ann["image_id"], []).append(ann)
+    _no_duplicate_ids([_image_entry(img, i, str(instances_path))[0] for i, img in enumerate(inst["images"])],
+                      str(instances_path))
     images = []
     seen = set()
     for i, img in enumerate(inst["images"]):

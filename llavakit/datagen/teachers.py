@@ -101,8 +101,11 @@ class OpenAITeacher:
         return build_messages(kind, symbolic_context(image, self.categories))
 
     def payload(self, image: CocoImage, kind: str, variant: int) -> dict:
-        return {"teacher": "openai", "model": self.cfg.model, "temperature": self.cfg.temperature,
-                "max_tokens": self.cfg.max_tokens, "variant": variant, "messages": self.messages(image, kind)}
+        payload = {"teacher": "openai", "model": self.cfg.model, "temperature": self.cfg.temperature,
+                   "max_tokens": self.cfg.max_tokens, "variant": variant, "messages": self.messages(image, kind)}
+        if kind == "detail":  # the record's instruction is drawn with the seed: part of what is cached
+            payload["instruction_seed"] = self.seed
+        return payload
 
     def outcome(self, job: Job, result) -> Outcome:
         if isinstance(result, LLMError):

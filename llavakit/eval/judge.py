@@ -59,12 +59,17 @@ def ask_all(
     retries: int = 2,
     desc: str = "judge",
     progress: bool = True,
+    redo_unparseable: bool = False,
 ) -> AskOutcome:
-    """Send every ask not in ``cache``; store ``{**record, "reply", "parsed", "attempts"}``."""
+    """Send every ask not in ``cache``; store ``{**record, "reply", "parsed", "attempts"}``.
+
+    ``redo_unparseable``: also ask again the items whose cached reply could not be parsed (for
+    items that cannot be left out, e.g. reference answers)."""
     if retries < 0:
         raise ConfigError(f"retries: {retries} must be >= 0")
     outcome = AskOutcome()
-    pending = [a for a in asks if a.key not in cache]
+    pending = [a for a in asks if a.key not in cache
+               or (redo_unparseable and cache.get(a.key).get("parsed") is None)]
     outcome.asked = len(pending)
     if not pending:
         return outcome

@@ -91,8 +91,8 @@ def make_references(client, questions, contexts, out_dir: Path, retries: int, pr
         key = (q["question_id"], _digest(messages + [{"model": client.cfg.model}]))
         asks.append(Ask(key, messages, {"question_id": key[0], "prompt_sha1": key[1], "model": client.cfg.model}))
     outcome = ask_all(client, asks, lambda t: t.strip() or None, cache,
-                      "Please answer the question.", retries, "references", progress)
-    bad = outcome.unparseable + [k for k, _ in outcome.failed]
+                      "Please answer the question.", retries, "references", progress, redo_unparseable=True)
+    bad = [a.key for a in asks if (cache.get(a.key) or {}).get("parsed") is None]
     if bad:
         raise DataError(f"the teacher gave no reference answer for {len(bad)} question(s) (first: {bad[:3]}; "
                         f"failures: {outcome.failed[:3]}); rerun to retry")

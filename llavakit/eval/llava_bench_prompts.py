@@ -103,9 +103,18 @@ def reference_prompt(context: str, question: str) -> str:
     return f"[Image description]\n{context}\n\n[Question]\n{question}"
 
 
-_NUM = r"(\d+(?:\.\d+)?)(?:\s*/\s*10)?"
-_LABELLED = re.compile(r"(?i)assistant\s*([12])\D{0,30}?" + _NUM)
-_PAIR = re.compile(r"^\W*(?:(?:scores?|ratings?)\s*:?\s*)?" + _NUM + r"\s*(?:,|;|/|\s|and|vs\.?)\s*" + _NUM + r"\W*$", re.I)
+_NUM = r"(\d+(?:\.\d+)?)(?:\s*/\s*10\b)?"
+_OUT_OF_10 = re.compile(r"(\d+(?:\.\d+)?)\s*/\s*10\b")
+# a label, then only a verb/colon between it and the score ("Assistant 1: 8", "Assistant 2 scores 7",
+# "Assistant 1's score is 8/10") — never a number that merely follows the next label
+_LABELLED = re.compile(
+    r"(?i)assistant\s*([12])(?:'s)?"
+    r"(?:\s+(?:receives|received|gets|got|scores|scored|deserves|earns|is\s+given|was\s+given|has|obtains))?"
+    r"(?:\s+(?:a|an|the))?(?:\s+(?:overall\s+)?(?:score|rating|grade))?(?:\s+(?:of|is|was))?\s*[:=\-–]?\s*"
+    + _NUM + r"(?![\d.])"
+)
+_PAIR = re.compile(r"^\W*(?:(?:scores?|ratings?)\s*:?\s*)?(\d+(?:\.\d+)?)\s*(?:,|;|/|\s|and|vs\.?)\s*"
+                   r"(\d+(?:\.\d+)?)\W*$", re.I)
 
 
 def _in_range(a: float, b: float) -> tuple[float, float] | None:
@@ -123,7 +132,7 @@ def parse_scores(review: str) -> tuple[float, float] | None:
     if not text:
         return None
     first = next((ln for ln in text.splitlines() if ln.strip()), "")
-    m = _PAIR.match(first.strip().replace("*", ""))
+    m = _PAIR.match(_OUT_OF_10.sub(r"\1", first.strip().replace("*", "")))
     if m:
         return _in_range(float(m.group(1)), float(m.group(2)))
     found: dict[str, float] = {}

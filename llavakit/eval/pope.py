@@ -148,7 +148,7 @@ def evaluate(model, scenes_dir: str | Path, out_dir: str | Path, per_image: int 
     answers = {r["question_id"]: str(r["text"]) for r in read_jsonl(path, "answers file")}
     result = {"model": model_label(model), "scenes": str(scenes_dir), "scene_seed": read_scene_seed(scenes_dir),
               "images": len(image_ids), "objects": objects, "per_image": per_image, "seed": seed,
-              "warnings": heldout_warnings(scenes_dir),
+              "warnings": heldout_warnings(scenes_dir, model, folder),
               "skipped_images": skipped, "modes": {}}
     for mode, mode_probes in probes.items():
         preds = [parse_yes_no(answers[p["question_id"]]) for p in mode_probes]

@@ -42,14 +42,44 @@ def read_scene_seed(scenes_dir: str | Path) -> int | None:
     return data.get("seed") if isinstance(data, dict) else None
 
 
-def heldout_warnings(scenes_dir: str | Path) -> list[str]:
-    """A warning when the scenes were rendered with seed 0 — the training default of `llavakit scenes`."""
+def training_image_folders(model) -> list[Path]:
+    """Image folders a llavakit checkpoint (and what it started from) was trained on, from the
+    ``training.json`` records `llavakit train` writes; empty when unknown (a preset, an old checkpoint)."""
+    model = getattr(model, "checkpoint_dir", None) or model  # a loaded model: the directory it came from
+    if not isinstance(model, (str, Path)) or not (Path(model) / "training.json").is_file():
+        return []
+    folders, todo = [], [read_json(Path(model) / "training.json", "training record")]
+    while todo:
+        rec = todo.pop()
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("image_folder"):
+            folders.append(Path(rec["image_folder"]))
+        todo += [r for r in rec.get("from") or [] if isinstance(r, dict)]
+    return folders
+
+
+def heldout_warnings(scenes_dir: str | Path, model=None, image_folder: str | Path | None = None) -> list[str]:
+    """Warnings when the scenes may not be held out: the model was trained on this image folder or on
+    scenes of the same seed, or (training data unknown) they use seed 0, the training default."""
+    scenes_dir = Path(scenes_dir)
     seed = read_scene_seed(scenes_dir)
-    if seed == 0:
-        return [f"{scenes_dir} was rendered with seed 0, the default seed of training scenes; held-out "
-                "scenes need another seed (e.g. `llavakit scenes --seed 1000`), or these numbers measure "
-                "training images"]
-    return []
+    trained_on = training_image_folders(model)
+    if not trained_on:
+        if seed == 0:
+            return [f"{scenes_dir} was rendered with seed 0, the default seed of training scenes; held-out "
+                    "scenes need another seed (e.g. `llavakit scenes --seed 1000`), or these numbers measure "
+                    "training images"]
+        return []
+    here = Path(image_folder or scenes_dir / "images").resolve()
+    warnings = []
+    for folder in dict.fromkeys(trained_on):
+        if folder.resolve() == here:
+            warnings.append(f"the model was trained on the images in {here}: these numbers measure training images")
+        elif seed is not None and read_scene_seed(folder.parent) == seed:
+            warnings.append(f"{scenes_dir} has seed {seed}, like the training scenes in {folder.parent}: "
+                            "the same seed renders the same scenes; render held-out scenes with another seed")
+    return warnings
 
 
 def load_scenes(scenes_dir: str | Path) -> tuple[FactSet, Path]:

@@ -104,6 +104,10 @@ def _problem(pid: str, raw, path: Path) -> Problem:
     image = raw.get("image")
     if image is not None and not isinstance(image, str):
         raise DataError(f"{where}: image must be a file name or null, got {image!r}")
+    split = raw.get("split")
+    if image and not (isinstance(split, str) and split.strip()):
+        raise DataError(f"{where}: has image {image!r} but no split (its file is <split>/{pid}/{image}); "
+                        f"got split={split!r}")
     return Problem(
         pid=pid, question=raw["question"], choices=tuple(choices), answer=raw["answer"], hint=raw["hint"],
         image=image or None, grade=int(grade[5:]), subject=raw["subject"],

@@ -47,16 +47,19 @@ def judge_ensemble(client, problems: dict[str, Problem], primary: dict[str, str]
             final[pid] = theirs
         else:
             disputed.append(pid)
-    # keyed by both predictions too: new answers files get fresh decisions
-    cache = JsonlCache(Path(out_dir) / "scienceqa_judge.jsonl", key=lambda r: (r["pid"], r["primary"], r["other"]))
+    # keyed by both predictions and the judge model too: new answers files or another judge get fresh decisions
+    judge_model = client.cfg.model
+    cache = JsonlCache(Path(out_dir) / "scienceqa_judge.jsonl",
+                       key=lambda r: (r["pid"], r["primary"], r["other"], r.get("judge_model")))
     asks = []
     for pid in disputed:
         prob = problems[pid]
         prompt = judge_prompt(prob, primary_text.get(pid) or f"The answer is {primary[pid]}.",
                               other_text.get(pid) or f"The answer is {other[pid]}.")
         asks.append(Ask(
-            (pid, primary[pid], other[pid]), [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}],
-            {"pid": pid, "primary": primary[pid], "other": other[pid]},
+            (pid, primary[pid], other[pid], judge_model),
+            [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": prompt}],
+            {"pid": pid, "primary": primary[pid], "other": other[pid], "judge_model": judge_model},
             parse=lambda text, c=prob.choices: extract_choice(text, c),
             reminder=("Please end your reply with \"The answer is X.\" where X is one of "
                       f"{', '.join(LETTERS[:len(prob.choices)])}."),
@@ -65,7 +68,7 @@ def judge_ensemble(client, problems: dict[str, Problem], primary: dict[str, str]
     reasons = {key[0]: why for key, why in outcome.failed}
     unparseable, failed = [], []
     for pid in disputed:
-        rec = cache.get((pid, primary[pid], other[pid]))
+        rec = cache.get((pid, primary[pid], other[pid], judge_model))
         if rec is None:
             failed.append(pid)
             final[pid] = primary[pid]

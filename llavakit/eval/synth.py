@@ -112,7 +112,7 @@ def evaluate(model, scenes_dir: str | Path, out_dir: str | Path, blind: bool = F
     loaded = resolve_model(model)
     result: dict = {"model": model_label(model), "scenes": str(scenes_dir), "scene_seed": read_scene_seed(scenes_dir),
                     "images": len(facts.images), "question_seed": seed, "per_category": per_category,
-                    "warnings": heldout_warnings(scenes_dir),
+                    "warnings": heldout_warnings(scenes_dir, model, folder),
                     "conditions": {}}
     for cond in CONDITIONS[: 2 if blind else 1]:
         path = answer_questions(loaded, questions, folder.parent, out_dir / f"answers_{cond}.jsonl",

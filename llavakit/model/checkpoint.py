@@ -95,6 +95,7 @@ def from_pretrained(directory: str | Path) -> LlavaModel:
     state = load_file(directory / PROJECTOR_WEIGHTS)
     model.projector.load_state_dict(state)
     model.projector.to(dtype=model.dtype)
+    model.checkpoint_dir = directory.resolve()  # where it came from (its training.json, if any)
     return model.eval()
 
 

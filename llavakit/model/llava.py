@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llavakit.data.processor import IGNORE_INDEX, Processor, add_image_token
+from llavakit.data.templates import resolve_template
 from llavakit.errors import LlavakitError
 from llavakit.model.config import LlavaConfig
 from llavakit.model.generation import GenerationMixin
@@ -32,6 +33,8 @@ class LlavaOutput:
 
 
 class LlavaModel(GenerationMixin, nn.Module):
+    checkpoint_dir = None  # set by from_pretrained: the directory this model was loaded from
+
     def __init__(self, config: LlavaConfig, vision_tower, language_model, tokenizer, projector: nn.Module | None = None):
         super().__init__()
         self.config = config
@@ -44,6 +47,7 @@ class LlavaModel(GenerationMixin, nn.Module):
         self.projector.to(dtype=language_model.dtype)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
+        config.template = resolve_template(config.template, tokenizer)  # checkpoints record the resolved name
         self.processor = Processor(
             tokenizer, config.template, vision_tower.num_tokens, config.image_token, config.system_prompt
         )

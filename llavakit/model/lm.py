@@ -94,8 +94,12 @@ def convert_gguf(folder: Path, gguf_file: str) -> Path:
     config = AutoConfig.for_model(**config_dict)
     with torch.device("meta"):
         plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    plain.load_state_dict(quantised.state_dict(), assign=True, strict=False)
-    plain.tie_weights()
+    loaded = plain.load_state_dict(quantised.state_dict(), assign=True, strict=False)
+    plain.tie_weights()  # tied output embeddings may be absent from the state dict: tying fills them
+    unfilled = [n for n, p in [*plain.named_parameters(), *plain.named_buffers()] if p.is_meta]
+    if loaded.unexpected_keys or unfilled:
+        raise LlavakitError(f"converting {gguf_file}: {len(loaded.unexpected_keys)} unexpected tensors (first: "
+                            f"{loaded.unexpected_keys[:3]}), {len(unfilled)} weights not filled (first: {unfilled[:3]})")
     plain.generation_config = quantised.generation_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -143,7 +143,7 @@ class HFVisionTower(VisionTower):
                     f"{', '.join(sorted(set(classes) | set(_VISION_PART)))}"
                 )
             model = classes[model_type].from_pretrained(source)
-            mean, std = _read_norm(Path(source), model_type)
+            mean, std = _read_norm(source, model_type)
         elif config.hf_config is not None:
             spec = dict(config.hf_config)
             model_type = spec.pop("model_type", None)
@@ -174,12 +174,24 @@ class HFVisionTower(VisionTower):
         return {"name_or_path": None, "hf_config": None}
 
 
-def _read_norm(path: Path, model_type: str):
-    pre = path / "preprocessor_config.json"
+def _read_norm(source: str, model_type: str):
+    """The model's own image mean/std (its preprocessor_config.json, local or on the hub), else the
+    family's defaults."""
+    pre = Path(source) / "preprocessor_config.json"
     if pre.is_file():
         data = json.loads(pre.read_text())
-        if "image_mean" in data and "image_std" in data:
-            return data["image_mean"], data["image_std"]
+    elif Path(source).is_dir():
+        data = {}
+    else:  # a hub id: the same file from the hub (or its local cache)
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+        try:
+            data = json.loads(Path(hf_hub_download(source, "preprocessor_config.json")).read_text())
+        except (EntryNotFoundError, LocalEntryNotFoundError, OSError, ValueError):
+            data = {}
+    if "image_mean" in data and "image_std" in data:
+        return data["image_mean"], data["image_std"]
     return _DEFAULT_NORM[model_type]
 
 

@@ -38,7 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sec.add_argument("--allow-local-files", metavar="DIR", type=Path,
                      help="let requests name image files inside DIR (default: refused)")
     sec.add_argument("--allow-remote-images", action="store_true",
-                     help="let the server fetch http(s) image URLs (default: refused, no SSRF)")
+                     help="let the server fetch http(s) image URLs (default: refused, no SSRF); public hosts only")
+    sec.add_argument("--allow-private-image-hosts", action="store_true",
+                     help="with --allow-remote-images: also fetch from loopback / private / link-local addresses")
     lim = parser.add_argument_group("limits")
     lim.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit (default 20 MB)")
     lim.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="per image (default 4096x4096)")
@@ -76,7 +78,8 @@ def config_from_args(args, model_id: str):
         max_body_bytes=body,
         limits=Limits(args.max_tokens_cap, min(args.default_max_tokens, args.max_tokens_cap), args.max_images),
         images=ImagePolicy(max_pixels=args.max_image_pixels, max_bytes=body, local_root=root,
-                           allow_remote=args.allow_remote_images),
+                           allow_remote=args.allow_remote_images,
+                           allow_private_hosts=args.allow_private_image_hosts),
         engine=EngineConfig(args.max_batch_size, args.batch_window_ms, args.max_queue, args.max_wait_ms),
     )
 

@@ -4,7 +4,9 @@
 - a local path or ``file://`` URL: only with ``--allow-local-files DIR``, and only for files whose
   resolved path (symlinks followed) lies inside ``DIR``;
 - ``http(s)://``: refused unless ``--allow-remote-images`` (no server-side fetching, so no SSRF by
-  default); when allowed: timeout, redirect and size limits.
+  default); when allowed: timeout, redirect and size limits, and every hop (redirects included)
+  must resolve to public addresses only — loopback, private, link-local (cloud metadata) and
+  reserved addresses are refused unless ``--allow-private-image-hosts``.
 
 Every image is checked against ``max_pixels`` from its header *before* it is decoded, so a
 decompression bomb costs nothing. Problems raise :class:`~llavakit.serve.schema.ApiError` (400)
@@ -13,10 +15,13 @@ naming the request field.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
+import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -35,6 +40,8 @@ class ImagePolicy:
     max_bytes: int = 16 * 1024 * 1024  # per image (remote and local files; data URLs are capped by the body limit)
     local_root: Path | None = None  # --allow-local-files DIR
     allow_remote: bool = False  # --allow-remote-images
+    allow_private_hosts: bool = False  # --allow-private-image-hosts: remote URLs may reach loopback/private nets
+    max_redirects: int = 3
     remote_timeout: float = 10.0
 
 
@@ -77,16 +84,40 @@ def _from_file(url: str, param: str, policy: ImagePolicy) -> bytes:
         raise bad(f"{param}: local file images are disabled; send a data: URL, or start the server with "
                   "--allow-local-files DIR", param, "local_files_disabled")
     raw = unquote(urlparse(url).path) if url.startswith("file://") else url
+    shown = raw if len(raw) <= 200 else raw[:200] + "..."
     root = policy.local_root.resolve()
-    path = (root / raw).resolve()
-    if not path.is_relative_to(root):
-        raise bad(f"{param}: {raw} is outside the directory this server may read ({root})", param,
-                  "local_file_forbidden")
-    if not path.is_file():
-        raise bad(f"{param}: {raw} does not exist under {root}", param, "local_file_not_found")
-    if path.stat().st_size > policy.max_bytes:
-        raise bad(f"{param}: {raw} is larger than {policy.max_bytes} bytes", param, "image_too_large")
-    return path.read_bytes()
+    try:
+        path = (root / raw).resolve()
+        if not path.is_relative_to(root):
+            raise bad(f"{param}: {shown} is outside the directory this server may read ({root})", param,
+                      "local_file_forbidden")
+        if not path.is_file():
+            raise bad(f"{param}: {shown} does not exist under {root}", param, "local_file_not_found")
+        if path.stat().st_size > policy.max_bytes:
+            raise bad(f"{param}: {shown} is larger than {policy.max_bytes} bytes", param, "image_too_large")
+        return path.read_bytes()
+    except (OSError, ValueError) as exc:  # NUL bytes, over-long names, unreadable files
+        raise bad(f"{param}: {shown!r} is not a readable file path ({type(exc).__name__}: {exc})", param,
+                  "invalid_image_url") from None
+
+
+def _check_host(url: str, param: str, policy: ImagePolicy) -> None:
+    """Refuse URLs whose host resolves to a non-public address (SSRF), unless allowed."""
+    host = urlparse(url).hostname
+    if not host:
+        raise bad(f"{param}: {url} has no host", param, "invalid_image_url")
+    if policy.allow_private_hosts:
+        return
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise bad(f"{param}: cannot resolve {host} ({exc})", param, "image_fetch_failed") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global:
+            raise bad(f"{param}: {host} resolves to {address}, a non-public address; this server fetches only "
+                      "from public hosts (start it with --allow-private-image-hosts to allow this)", param,
+                      "remote_host_forbidden")
 
 
 async def _from_remote(url: str, param: str, policy: ImagePolicy) -> bytes:
@@ -98,18 +129,28 @@ async def _from_remote(url: str, param: str, policy: ImagePolicy) -> bytes:
 
     chunks, size = [], 0
     try:
-        async with httpx.AsyncClient(timeout=policy.remote_timeout, follow_redirects=True, max_redirects=3) as client:
-            async with client.stream("GET", url) as response:
-                if response.status_code != 200:
-                    raise bad(f"{param}: fetching {url} gave HTTP {response.status_code}", param, "image_fetch_failed")
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > policy.max_bytes:
-                        raise bad(f"{param}: {url} is larger than {policy.max_bytes} bytes", param, "image_too_large")
-                    chunks.append(chunk)
+        async with httpx.AsyncClient(timeout=policy.remote_timeout, follow_redirects=False) as client:
+            for _hop in range(policy.max_redirects + 1):  # redirects followed by hand: every hop is checked
+                await asyncio.to_thread(_check_host, url, param, policy)
+                async with client.stream("GET", url) as response:
+                    if response.is_redirect:
+                        url = str(response.url.join(response.headers.get("location", "")))
+                        if not is_remote(url):
+                            raise bad(f"{param}: redirected to a non-http(s) URL", param, "image_fetch_failed")
+                        continue
+                    if response.status_code != 200:
+                        raise bad(f"{param}: fetching {url} gave HTTP {response.status_code}", param,
+                                  "image_fetch_failed")
+                    async for chunk in response.aiter_bytes():
+                        size += len(chunk)
+                        if size > policy.max_bytes:
+                            raise bad(f"{param}: {url} is larger than {policy.max_bytes} bytes", param,
+                                      "image_too_large")
+                        chunks.append(chunk)
+                    return b"".join(chunks)
     except httpx.HTTPError as exc:
         raise bad(f"{param}: fetching {url} failed: {exc}", param, "image_fetch_failed") from None
-    return b"".join(chunks)
+    raise bad(f"{param}: more than {policy.max_redirects} redirects", param, "image_fetch_failed")
 
 
 def is_remote(url: str) -> bool:
@@ -125,7 +166,7 @@ async def fetch_bytes(part: ImagePart, policy: ImagePolicy) -> bytes:
         return await _from_remote(url, part.param, policy)
     scheme = urlparse(url).scheme
     if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):  # paths (incl. C:\ on Windows)
-        return _from_file(url, part.param, policy)
+        return await asyncio.to_thread(_from_file, url, part.param, policy)
     raise bad(f"{part.param}: unsupported URL scheme {scheme!r} (use data:, a local path or http(s))", part.param,
               "invalid_image_url")
 

@@ -115,7 +115,10 @@ def _params(body: dict, limits: Limits) -> GenParams:
         raise bad("stop must be a non-empty string or a list of non-empty strings", "stop")
     if len(stops) > limits.max_stop:
         raise bad(f"stop has {len(stops)} strings; at most {limits.max_stop} are allowed", "stop")
-    return GenParams(max_tokens, temperature, top_p, tuple(stops), _int(body, "seed"))
+    seed = _int(body, "seed")
+    if seed is not None and not 0 <= seed < 2**63:
+        raise bad(f"seed must be an integer in [0, 2**63), got {seed}", "seed")
+    return GenParams(max_tokens, temperature, top_p, tuple(stops), seed)
 
 
 def _content(content, where: str, role: str, image_token: str, images: list[ImagePart]) -> str:

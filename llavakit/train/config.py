@@ -30,6 +30,7 @@ class DataConfig:
     image_placement: Literal["first", "random", "keep"] = "first"
     group_by_length: bool = True  # length-grouped batches (text-only and multimodal kept apart)
     num_workers: int = 0
+    max_bad_image_fraction: float = 0.01  # more samples than this with a missing/corrupt image stops the run
 
 
 @dataclass
@@ -73,7 +74,7 @@ class TrainConfig:
     stage: Stage = 1
     model: str = "nano"  # a model preset or a llavakit checkpoint dir (finetune: a stage-2 checkpoint)
     projector: str | None = None  # stage 2: the stage-1 projector artifact (dir or .safetensors); "fresh": random init
-    template: str | None = None  # None: the model's own template; stage 1 normally 'plain'
+    template: str | None = None  # None: stage 1 'plain' (image, then caption), else the model's own template
     tune: Literal["full", "lora"] = "full"  # stage 2 / finetune: what of the LLM trains
     lora: LoraSettings = field(default_factory=LoraSettings)
     output_dir: str = "runs/train"
@@ -209,6 +210,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
         raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep_last >= 1")
     if cfg.data.max_length is not None and cfg.data.max_length < 2:
         raise ConfigError("data.max_length must be >= 2")
+    if not 0 <= cfg.data.max_bad_image_fraction <= 1:
+        raise ConfigError(f"data.max_bad_image_fraction must be in [0, 1], got {cfg.data.max_bad_image_fraction}")
     if cfg.data.num_workers < 0 or cfg.log_every < 1:
         raise ConfigError("data.num_workers must be >= 0 and log_every >= 1")
     fc = cfg.feature_cache

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from llavakit.data.batching import Collator, ImageLoader, LengthGroupedSampler, pixel_image_fn
 from llavakit.data.dataset import LlavaDataset
 from llavakit.data.images import load_image
+from llavakit.errors import DataError
 from llavakit.train.config import BatchPlan, TrainConfig
 from llavakit.train.feature_cache import FeatureCache
 
@@ -53,7 +54,8 @@ class TrainData:
             image_fn = pixel_image_fn(model.preprocess)
         self.indices = keep
         self.collator = Collator(
-            model.tokenizer.pad_token_id, "right", loader=ImageLoader(image_fn, max_bad_fraction=0.01)
+            model.tokenizer.pad_token_id, "right",
+            loader=ImageLoader(image_fn, max_bad_fraction=cfg.data.max_bad_image_fraction)
         )
         self.sampler = LengthGroupedSampler(
             [self.dataset.lengths[i] for i in keep],
@@ -93,6 +95,19 @@ class TrainData:
             shown = "; ".join(f"{i}: {r}" for i, r in self.unreadable[:5])
             print(f"llavakit train: {len(self.unreadable)} examples left out for unreadable images: {shown}",
                   file=sys.stderr, flush=True)
+        limit = self.cfg.data.max_bad_image_fraction
+        if paths and len(self.unreadable) > limit * len(paths):
+            report = Path(self.cfg.output_dir) / "skipped.json"
+            if accelerator.is_main_process:
+                report.parent.mkdir(parents=True, exist_ok=True)
+                self.indices = kept
+                self.write_report(report)
+            raise DataError(
+                f"{len(self.unreadable)} of {len(paths)} samples with images have a missing or corrupt image "
+                f"(more than data.max_bad_image_fraction = {limit:.1%}); bad ids: "
+                + ", ".join(i for i, _ in self.unreadable[:20]) + (" ..." if len(self.unreadable) > 20 else "")
+                + f"; first reason: {self.unreadable[0][1]}; all of them: {report}"
+            )
         return kept, self.cache.image_fn
 
     def loader(self, epoch: int, skip: int = 0):

@@ -184,11 +184,12 @@ class FeatureCache:
         for i, key in enumerate(keys):
             self._index[key] = (name, i)
 
-    def missing(self, paths: Sequence[str | Path]) -> list[str]:
+    def missing(self, paths: Sequence[str | Path], retry_bad: bool = False) -> list[str]:
+        """Paths without cached features (images that failed before only with ``retry_bad``)."""
         seen, out = set(), []
         for path in paths:
             key = image_key(path)
-            if key not in self._index and key not in self._bad and key not in seen:
+            if key not in self._index and (retry_bad or key not in self._bad) and key not in seen:
                 seen.add(key)
                 out.append(str(path))
         return out
@@ -249,7 +250,7 @@ class FeatureCache:
         rank = accelerator.process_index if accelerator else 0
         world = accelerator.num_processes if accelerator else 1
         unique = list(dict.fromkeys(str(p) for p in paths))
-        todo = self.missing(unique)
+        todo = self.missing(unique, retry_bad=True)  # a read error of an earlier run may have been transient
         report = BuildReport(reused=len(unique) - len(todo))
         main = rank == 0
         if world > 1:  # every rank has its to-do list before any rank writes: the lists agree
@@ -263,5 +264,6 @@ class FeatureCache:
             if rest:
                 computed, _ = self.compute(rest, load, batch_size, shard_size, rank, device, main)
                 report.computed += computed
-        report.bad = {p: self._bad[image_key(p)] for p in unique if image_key(p) in self._bad}
+        report.bad = {p: self._bad[image_key(p)] for p in unique
+                      if image_key(p) in self._bad and image_key(p) not in self._index}
         return report

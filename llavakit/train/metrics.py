@@ -36,7 +36,9 @@ class MetricsLog:
             return
         rows = read_metrics(self.path) if resume_step is not None else []
         kept = [r for r in rows if r.get("step", 0) <= (resume_step or 0)]
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp = self.path.with_name(self.path.name + ".tmp")  # a kill while rewriting loses nothing
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+        tmp.replace(self.path)
         self._file = self.path.open("a", encoding="utf-8")
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
@@ -63,7 +65,7 @@ class MetricsLog:
 
 def plot_loss(metrics_path: str | Path, out_path: str | Path, title: str = "training loss") -> Path | None:
     """Loss (and a smoothed trend) against the optimizer step, as a PNG; None without data."""
-    rows = [r for r in read_metrics(metrics_path) if "loss" in r]
+    rows = [r for r in read_metrics(metrics_path) if r.get("loss") is not None]  # None: no supervised token
     if not rows:
         return None
     import matplotlib

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -18,15 +19,16 @@ from typing import Sequence
 import torch
 
 from llavakit.config import to_dict
-from llavakit.errors import ConfigError
+from llavakit.errors import ConfigError, LlavakitError
 from llavakit.train import state as ckpt
 from llavakit.train.config import FRESH_PROJECTOR, TrainConfig, validate
 from llavakit.train.freeze import freeze_for_stage, param_groups, trainable_names
 from llavakit.train.metrics import MetricsLog, plot_loss
 from llavakit.train.presets import build_config
 
-# changing these between a run and its resume does not change the result
-RESUME_FREE = {"max_steps", "epochs", "checkpoint", "log_every", "tensorboard", "data.num_workers",
+# changing these between a run and its resume does not change the result (max_steps / epochs would:
+# the learning-rate schedule is laid out over the total number of steps)
+RESUME_FREE = {"checkpoint", "log_every", "tensorboard", "data.num_workers",
                "feature_cache.dir", "feature_cache.batch_size", "feature_cache.shard_size"}
 
 
@@ -104,10 +106,17 @@ def _check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
         )
     saved_path = out / "config.json"
     if saved_path.is_file():
-        saved, now = json.loads(saved_path.read_text(encoding="utf-8")), to_dict(cfg)
+        try:
+            saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"--resume: {saved_path} is not valid JSON ({exc}); restore it or start a new "
+                              "output_dir") from None
+        now = to_dict(cfg)
         changed = sorted(k for k in _diff(saved, now) if not any(k == f or k.startswith(f + ".") for f in RESUME_FREE))
         if changed:
-            raise ConfigError(f"--resume: the config differs from the run in {out} in {', '.join(changed)}")
+            hint = (" (the learning-rate schedule spans the planned steps: to train longer, start a new output_dir "
+                    "from this run's artifact)" if {"max_steps", "epochs"} & set(changed) else "")
+            raise ConfigError(f"--resume: the config differs from the run in {out} in {', '.join(changed)}{hint}")
     return latest
 
 
@@ -127,7 +136,7 @@ def _load_model(cfg: TrainConfig, mixed: str):
     from llavakit.model import load_model
 
     model = load_model(cfg.model, projector=None if cfg.projector == FRESH_PROJECTOR else cfg.projector)
-    template = cfg.template or model.config.template
+    template = cfg.template or ("plain" if cfg.stage == 1 else model.config.template)  # stage 1: the paper's plain
     processor = Processor(model.tokenizer, template, model.num_image_tokens, model.config.image_token,
                           model.config.system_prompt)
     if cfg.stage != 1:  # the checkpoint records the template it was tuned with
@@ -231,7 +240,9 @@ class TrainSession:
         cfg, accelerator, out = self.cfg, self.accelerator, self.out
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2), encoding="utf-8")
+            tmp = out / f".config.json.tmp{os.getpid()}"
+            tmp.write_text(json.dumps(to_dict(cfg), indent=2), encoding="utf-8")
+            tmp.replace(out / "config.json")
         resumed = self.position.step if self.latest is not None else None
         log = MetricsLog(out, accelerator.is_main_process, cfg.tensorboard, resumed)
         try:
@@ -298,10 +309,40 @@ def _save_artifact(cfg: TrainConfig, accelerator, model, out: Path) -> Path:
         full = accelerator.get_state_dict(model)  # gathered on the main process
         if accelerator.is_main_process:
             final, _, _ = _load_model(cfg, "no")
-            final.load_state_dict(full, strict=False)
+            result = final.load_state_dict(full, strict=False)
+            if result.missing_keys or result.unexpected_keys:  # never save fresh weights as the trained ones
+                raise LlavakitError(
+                    f"the gathered {accelerator.distributed_type.value} state dict does not match the model: "
+                    f"{len(result.missing_keys)} missing (first: {result.missing_keys[:3]}), "
+                    f"{len(result.unexpected_keys)} unexpected (first: {result.unexpected_keys[:3]}); "
+                    "nothing was saved"
+                )
     if accelerator.is_main_process:
         (save_projector if cfg.stage == 1 else save_pretrained)(final, target)
+        write_provenance(cfg, target)
     return target
+
+
+PROVENANCE = "training.json"
+
+
+def write_provenance(cfg: TrainConfig, target: Path) -> None:
+    """``training.json`` beside an artifact: what it was trained on, and what its start was trained on
+    (so evaluations can tell held-out images from training images)."""
+    def absolute(p):
+        return str(Path(p).resolve()) if p else None
+
+    base = cfg.projector if cfg.stage == 2 else cfg.model
+    earlier = []
+    if base and base != FRESH_PROJECTOR:
+        base_dir = Path(base) if Path(base).is_dir() else Path(base).parent
+        if (base_dir / PROVENANCE).is_file():
+            earlier = [json.loads((base_dir / PROVENANCE).read_text(encoding="utf-8"))]
+    record = {"stage": cfg.stage, "data": absolute(cfg.data.path), "image_folder": absolute(cfg.data.image_folder),
+              "from": earlier}
+    tmp = target / f".{PROVENANCE}.tmp"
+    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
+    tmp.replace(target / PROVENANCE)
 
 
 def _finish(cfg, accelerator, out: Path, artifact: Path, position, started: float, global_batch: int, skipped: int):
