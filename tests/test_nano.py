@@ -30,3 +30,20 @@ def test_nano_parts(nano_model):
     assert nano_model.vision_tower.hidden_size == 320  # layer -2: the last MBConv block
     assert nano_model.language_model.config.hidden_size == 576
     assert nano_model.dtype == torch.float32
+
+
+def test_gguf_conversion_from_scratch(tmp_path, monkeypatch, nano_model):
+    """A fresh cache converts the GGUF (incl. computed buffers such as rotary inv_freq) and matches the default."""
+    from llavakit.model.lm import _load_from_dir, convert_gguf, embedded_dir
+
+    monkeypatch.setenv("LLAVAKIT_CACHE", str(tmp_path / "cache"))
+    folder, gguf = embedded_dir("SmolLM2-135M-Instruct")
+    target = convert_gguf(folder, gguf)
+    assert target.is_relative_to(tmp_path) and (target / "model.safetensors").is_file()
+    assert convert_gguf(folder, gguf) == target  # second call: the cache
+    lm, _ = _load_from_dir(str(target), torch.float32)
+    ids = torch.tensor([[1, 504, 3458, 282, 4649, 314]])
+    with torch.no_grad():
+        fresh = lm(input_ids=ids).logits
+        default = nano_model.language_model(input_ids=ids).logits
+    assert torch.allclose(fresh, default, atol=1e-5)

@@ -49,8 +49,8 @@ def test_byte_tokenizer_ids_are_fixed(byte_tok):
 
 def test_plain_exact(byte_tok):
     enc = proc(byte_tok, "plain").encode([Message(U, "Describe.\n<image>"), Message(A, "A dog.")])
-    assert enc.input_ids == [IMG, IMG, 65, 32, 100, 111, 103, 46, 10]
-    assert enc.labels == [-100, -100, 65, 32, 100, 111, 103, 46, 10]
+    assert enc.input_ids == [256, IMG, IMG, 65, 32, 100, 111, 103, 46, 10]  # <s> first, as LLaVA's Llama has
+    assert enc.labels == [-100, -100, -100, 65, 32, 100, 111, 103, 46, 10]
     assert enc.num_images == 1
 
 

@@ -155,7 +155,11 @@ class Processor:
 
     def _start_ids(self, first_text: str) -> list[int]:
         bos = self.tokenizer.bos_token
-        return [] if (bos and first_text.startswith(bos)) else list(self.bos_ids)
+        if bos and first_text.startswith(bos):
+            return []
+        if not self.bos_ids and self.template.bos_first and self.tokenizer.bos_token_id is not None:
+            return [self.tokenizer.bos_token_id]
+        return list(self.bos_ids)
 
     def encode(self, messages: Sequence[Message]) -> Encoded:
         """A training sample: ids and labels (IGNORE_INDEX outside assistant answers + stop markers)."""

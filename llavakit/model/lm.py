@@ -92,11 +92,13 @@ def convert_gguf(folder: Path, gguf_file: str) -> Path:
     config_dict.pop("quantization_config", None)
     config_dict.pop("_name_or_path", None)
     config = AutoConfig.for_model(**config_dict)
-    with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    loaded = plain.load_state_dict(quantised.state_dict(), assign=True, strict=False)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # real init: non-persistent buffers
+    state = quantised.state_dict()
+    loaded = plain.load_state_dict(state, strict=False)
     plain.tie_weights()  # tied output embeddings may be absent from the state dict: tying fills them
-    unfilled = [n for n, p in [*plain.named_parameters(), *plain.named_buffers()] if p.is_meta]
+    own = plain.state_dict(keep_vars=True)
+    loaded_ptrs = {own[k].data_ptr() for k in state if k in own}
+    unfilled = [k for k in loaded.missing_keys if own[k].data_ptr() not in loaded_ptrs]
     if loaded.unexpected_keys or unfilled:
         raise LlavakitError(f"converting {gguf_file}: {len(loaded.unexpected_keys)} unexpected tensors (first: "
                             f"{loaded.unexpected_keys[:3]}), {len(unfilled)} weights not filled (first: {unfilled[:3]})")

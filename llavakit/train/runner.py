@@ -7,6 +7,7 @@ full checkpoint, LoRA merged) + loss curve + ``result.json``.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -266,7 +267,13 @@ def run(
 ) -> TrainResult:
     """Train one stage. ``config`` is a TrainConfig, a dict, or a YAML path (+ ``overrides``)."""
     cfg = config if isinstance(config, TrainConfig) else build_config(config, overrides=overrides, stage=stage)
-    return TrainSession(cfg, resume).train()
+    session = TrainSession(cfg, resume)
+    try:
+        return session.train()
+    finally:  # a process that runs several stages (quickstart, reproduce) keeps no earlier model alive
+        session.accelerator.free_memory()
+        del session
+        gc.collect()
 
 
 def _steps(cfg: TrainConfig, data, plan) -> tuple[int, int]:
