@@ -184,7 +184,7 @@ class Quickstart:
         cfg = build_config(
             {"model": self.budget.model, "output_dir": str(out)},
             overrides=[*base, f"data.path={data}", f"data.image_folder={self.paths['train'] / 'images'}",
-                       "checkpoint.every=25", "checkpoint.keep_last=1", *overrides],
+                       "checkpoint.every=25", "checkpoint.keep_last=1", f"progress={self.progress}", *overrides],
         )
         from llavakit.train import state as train_state
         from llavakit.train.runner import cpu_has_bf16

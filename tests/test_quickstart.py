@@ -25,6 +25,7 @@ def test_quickstart_tiny_end_to_end_then_resumes(tmp_path, cache_dir, capsys):
     model_dir = out / "stage2" / "model"
     assert f"llavakit chat {model_dir} --image" in printed.out
     assert f"llavakit serve {model_dir}" in printed.out
+    assert "step/s" not in printed.err and "img/s" not in printed.err  # --quiet: no tqdm bars from training
     for step in STEPS:
         assert (out / "steps" / f"{step}.json").is_file(), step
     report = (out / "report.md").read_text(encoding="utf-8")

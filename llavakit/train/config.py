@@ -93,6 +93,7 @@ class TrainConfig:
     cpu: bool = False  # force the CPU even when a GPU is present
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU)
     log_every: int = 1
+    progress: bool = True  # tqdm bars (data, feature cache, steps) on the main process
     tensorboard: bool = True  # when the tensorboard package is installed
 
 

@@ -31,6 +31,7 @@ class TrainData:
     def __init__(self, cfg: TrainConfig, records: list[dict], processor, model, accelerator, plan: BatchPlan):
         self.cfg = cfg
         main = accelerator.is_main_process
+        bars = main and cfg.progress
         self.dataset = LlavaDataset(
             records,
             processor,
@@ -39,7 +40,7 @@ class TrainData:
             long_policy=cfg.data.long_policy,
             image_placement=cfg.data.image_placement,
             seed=cfg.seed,
-            progress=main,
+            progress=bars,
         )
         report = self.dataset.report
         if main:
@@ -80,7 +81,8 @@ class TrainData:
         self.cache = FeatureCache(fc.dir, tower)
         paths = {i: self.dataset.image_paths(i) for i in keep if self.dataset.is_multimodal[i]}
         every = [p for ps in paths.values() for p in ps]
-        report = self.cache.build(every, load_image, fc.batch_size, fc.shard_size, accelerator, accelerator.device)
+        report = self.cache.build(every, load_image, fc.batch_size, fc.shard_size, accelerator, accelerator.device,
+                                 progress=self.cfg.progress)
         if accelerator.is_main_process:
             print(f"llavakit train: {report.describe()} ({self.cache.dir})", file=sys.stderr, flush=True)
         bad = {str(p): reason for p, reason in report.bad.items()}

@@ -245,6 +245,7 @@ class FeatureCache:
         shard_size: int = 1024,
         accelerator=None,
         device=None,
+        progress: bool = True,
     ) -> BuildReport:
         """Make every image of ``paths`` available; DDP-safe when given the ``accelerator``."""
         rank = accelerator.process_index if accelerator else 0
@@ -255,14 +256,14 @@ class FeatureCache:
         main = rank == 0
         if world > 1:  # every rank has its to-do list before any rank writes: the lists agree
             accelerator.wait_for_everyone()
-        computed, _ = self.compute(todo[rank::world], load, batch_size, shard_size, rank, device, main)
+        computed, _ = self.compute(todo[rank::world], load, batch_size, shard_size, rank, device, main and progress)
         report.computed += computed
         if world > 1:
             accelerator.wait_for_everyone()
             self.refresh()
             rest = self.missing(unique)  # shards another rank wrote on a disk this rank cannot see
             if rest:
-                computed, _ = self.compute(rest, load, batch_size, shard_size, rank, device, main)
+                computed, _ = self.compute(rest, load, batch_size, shard_size, rank, device, main and progress)
                 report.computed += computed
         report.bad = {p: self._bad[image_key(p)] for p in unique
                       if image_key(p) in self._bad and image_key(p) not in self._index}

@@ -113,7 +113,8 @@ class Loop:
     def run(self, data, position: ckpt.Position, steps: int, output_dir: Path, log: MetricsLog, desc: str) -> ckpt.Position:
         """Train until ``steps`` optimizer steps; checkpoint every ``checkpoint.every`` and at the end."""
         acc, cfg = self.acc, self.cfg
-        bar = tqdm(total=steps, initial=position.step, desc=desc, unit="step", disable=not acc.is_main_process,
+        bar = tqdm(total=steps, initial=position.step, desc=desc, unit="step",
+                   disable=not (acc.is_main_process and cfg.progress),
                    dynamic_ncols=True)
         self.model.train()
         last_saved = position.step
