@@ -185,3 +185,16 @@ def test_a_malformed_data_file_fails_before_any_model_loads(tmp_path, monkeypatc
     bad.write_text('[{"id": 1,}]', encoding="utf-8")
     with pytest.raises(DataError, match="bad.json: line 1 .*invalid JSON"):
         run({"stage": 1, "model": "tiny-random", "data": {"path": str(bad)}, "output_dir": str(tmp_path / "o")})
+
+
+def test_heap_trimmer_trims_on_a_linux_cpu_only():
+    import platform
+    import sys
+
+    import torch
+
+    from llavakit.train.loop import heap_trimmer
+
+    assert heap_trimmer(torch.device("meta"))() is None  # not a CPU: a no-op
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert heap_trimmer(torch.device("cpu"))() in (0, 1)  # glibc's malloc_trim ran (1: memory released)
