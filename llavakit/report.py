@@ -136,12 +136,9 @@ def write_report(qs) -> dict:
     img_acc = synth.get("conditions", {}).get("image", {}).get("accuracy")
     blind_acc = synth.get("conditions", {}).get("blind", {}).get("accuracy")
     pope_f1 = {mode: m.get("f1") for mode, m in pope.get("modes", {}).items()}
-    def pct(value) -> str:
-        return "n/a" if value is None else f"{value:.1f}"
-
     summary = (
-        f"held-out accuracy {pct(img_acc)}% with the image vs {pct(blind_acc)}% blind; "
-        f"POPE F1 " + ", ".join(f"{m} {pct(v)}" for m, v in pope_f1.items()) + f"; total {total / 60:.1f} min"
+        f"held-out accuracy {_fmt(img_acc)}% with the image vs {_fmt(blind_acc)}% blind; "
+        f"POPE F1 " + ", ".join(f"{m} {_fmt(v)}" for m, v in pope_f1.items()) + f"; total {total / 60:.1f} min"
     ) if synth else "evaluation not run"
     lines += [summary, "", "## Time and memory", "",
               md_table(["step", "seconds", "peak RSS (MiB)"], timing_rows), ""]
