@@ -193,3 +193,62 @@ def test_loss_plot_skips_steps_without_a_supervised_token(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert plot_loss(path, tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_attention_choice_per_stage_device_and_precision(tmp_path):
+    from llavakit.train.runner import train_attention
+
+    data, images = write_captions(tmp_path, 4)
+    s1, s2 = (train_config(tmp_path, stage, data, images, projector="fresh") for stage in (1, 2))
+    assert train_attention(s1, "cpu", "bf16") == "sdpa_math"  # the slow CPU flash backward, short sequences
+    assert train_attention(s1, "cpu", "no") is None
+    assert train_attention(s1, "cuda", "bf16") is None
+    assert train_attention(s2, "cpu", "bf16") is None
+    eager = train_config(tmp_path, 2, data, images, projector="fresh", attention="eager")
+    assert train_attention(eager, "cuda", "bf16") == "eager"
+
+
+def _stage1_bf16(tmp_path, monkeypatch, cast: bool, name: str):
+    from llavakit.train import runner
+
+    monkeypatch.setattr(runner, "cpu_has_bf16", lambda: True)
+    if not cast:
+        monkeypatch.setattr(runner, "_frozen_linears_to_bf16", lambda lm: None)
+    data, images = write_captions(tmp_path, 8)
+    cfg = train_config(tmp_path, 1, data, images, max_steps=2, mixed_precision="bf16", cpu=True,
+                       output_dir=str(tmp_path / name))
+    session = runner.TrainSession(cfg)
+    seen = []
+    run = session.loop.run
+
+    def recording_run(*args, **kwargs):  # which sdpa kernels the steps may use
+        seen.append((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled()))
+        return run(*args, **kwargs)
+
+    monkeypatch.setattr(session.loop, "run", recording_run)
+    session.train()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return session.unwrapped, losses, seen
+
+
+def test_stage1_bf16_casts_frozen_linears_once_and_trains_with_the_math_kernel(tmp_path, monkeypatch, tiny_model):
+    model, losses, seen = _stage1_bf16(tmp_path, monkeypatch, cast=True, name="cast")
+    lm = model.language_model
+    linears = [m for m in lm.modules() if isinstance(m, torch.nn.Linear) and m.weight is not lm.get_input_embeddings().weight]
+    assert linears and all(m.weight.dtype == torch.bfloat16 for m in linears)
+    assert lm.get_input_embeddings().weight.dtype == torch.float32  # tied to the head: the residual stays fp32
+    assert all(p.dtype == torch.float32 for p in model.projector.parameters())  # trainable: fp32 master weights
+    assert seen == [(False, True)]  # flash off, math on while the steps run
+    assert torch.backends.cuda.flash_sdp_enabled()  # and restored afterwards
+    # autocast computed those linears in bf16 anyway: the same losses as with per-step casts
+    _, uncast, _ = _stage1_bf16(tmp_path, monkeypatch, cast=False, name="uncast")
+    assert losses == pytest.approx(uncast, rel=1e-5)
+
+
+def test_training_attention_does_not_leak_into_the_saved_model(tmp_path, tiny_model):
+    data, images = write_instructions(tmp_path, 4)
+    cfg = train_config(tmp_path, 2, data, images, max_steps=1, projector="fresh", attention="eager")
+    session = TrainSession(cfg)
+    assert session.unwrapped.language_model.config._attn_implementation == "eager"
+    result = session.train()
+    assert load_model(str(result.artifact)).language_model.config._attn_implementation == "sdpa"

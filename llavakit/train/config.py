@@ -89,6 +89,9 @@ class TrainConfig:
     max_steps: int | None = None  # optimizer steps; overrides epochs when set
     seed: int = 42
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU; bf16 also on CPUs with native bf16
+    # LM attention while training. auto: sdpa's math kernel for stage 1 under bf16 autocast on the CPU
+    # (torch's CPU flash-attention backward is slow there; docs/benchmarks.md), else the LM's own (sdpa)
+    attention: Literal["auto", "sdpa", "sdpa_math", "eager"] = "auto"
     gradient_checkpointing: bool = False
     cpu: bool = False  # force the CPU even when a GPU is present
     deterministic: bool = False  # torch deterministic algorithms (exact resume on GPU)

@@ -8,6 +8,7 @@ full checkpoint, LoRA merged) + loss curve + ``result.json``.
 from __future__ import annotations
 
 import gc
+import contextlib
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from llavakit.train.presets import build_config
 
 # changing these between a run and its resume does not change the result (max_steps / epochs would:
 # the learning-rate schedule is laid out over the total number of steps)
-RESUME_FREE = {"checkpoint", "log_every", "tensorboard", "data.num_workers",
+RESUME_FREE = {"checkpoint", "log_every", "attention", "tensorboard", "data.num_workers",
                "feature_cache.dir", "feature_cache.batch_size", "feature_cache.shard_size"}
 
 
@@ -132,7 +133,38 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def _load_model(cfg: TrainConfig, mixed: str):
+def train_attention(cfg: TrainConfig, device_type: str, mixed: str) -> str | None:
+    """The LM attention a run trains with (``None``: the LM's own). ``attention=auto`` picks sdpa's
+    math kernel for stage 1 under bf16 autocast on the CPU, where torch's CPU flash-attention backward
+    dominates the step (batches of short caption sequences); eager would round the attention scores
+    to bf16, and on stage 2's long sequences flash is as fast (docs/benchmarks.md)."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    return "sdpa_math" if cfg.stage == 1 and device_type == "cpu" and mixed == "bf16" else None
+
+
+def attention_kernels(attention: str | None):
+    """The context a run's forward passes execute in (the sdpa kernel choice of ``sdpa_math``)."""
+    if attention == "sdpa_math":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
+
+
+def _frozen_linears_to_bf16(lm) -> None:
+    """Stage 1 under bf16 autocast: the frozen LM's linear weights in bf16 once, instead of an autocast
+    copy per op and step. Embeddings (tied to the LM head) and norms stay fp32, so the residual
+    stream stays fp32 as it is under autocast."""
+    tied = lm.get_input_embeddings().weight
+    for module in lm.modules():
+        w = getattr(module, "weight", None)
+        if (isinstance(module, torch.nn.Linear) and w is not tied and not w.requires_grad
+                and w.dtype == torch.float32):
+            module.to(torch.bfloat16)
+
+
+def _load_model(cfg: TrainConfig, mixed: str, attention: str | None = None):
     from llavakit.data.processor import Processor
     from llavakit.model import load_model
 
@@ -144,6 +176,10 @@ def _load_model(cfg: TrainConfig, mixed: str):
         model.config.template = template
         model.processor = processor
     summary = freeze_for_stage(model, cfg)
+    if cfg.stage == 1 and mixed == "bf16":
+        _frozen_linears_to_bf16(model.language_model)
+    if attention is not None:  # training only: the saved artifact keeps the LM's own kernel
+        model.language_model.set_attn_implementation("sdpa" if attention == "sdpa_math" else attention)
     for part in (model.projector, model.language_model):
         for p in part.parameters():  # trainable weights in fp32 (master weights under autocast)
             if (p.requires_grad or mixed == "no") and p.dtype != torch.float32:
@@ -208,7 +244,10 @@ class TrainSession:
         from llavakit.data.dataset import load_records
 
         records = load_records(cfg.data.path)  # a malformed data file fails before the model loads
-        model, processor, summary = _load_model(cfg, accelerator.mixed_precision)
+        self.attention = attention = train_attention(cfg, accelerator.device.type, accelerator.mixed_precision)
+        model, processor, summary = _load_model(cfg, accelerator.mixed_precision, attention)
+        if attention is not None:
+            _say(accelerator, f"LM attention while training: {attention}")
         _say(accelerator, summary.describe())
         self.data = data = TrainData(cfg, records, processor, model, accelerator, plan)
         per_epoch, self.steps = _steps(cfg, data, plan)
@@ -247,7 +286,8 @@ class TrainSession:
         resumed = self.position.step if self.latest is not None else None
         log = MetricsLog(out, accelerator.is_main_process, cfg.tensorboard, resumed)
         try:
-            self.position = self.loop.run(self.data, self.position, self.steps, out, log, f"stage {cfg.stage}")
+            with attention_kernels(self.attention):
+                self.position = self.loop.run(self.data, self.position, self.steps, out, log, f"stage {cfg.stage}")
         finally:
             log.close()
         if accelerator.is_main_process:
