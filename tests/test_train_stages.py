@@ -200,12 +200,25 @@ def test_attention_choice_per_stage_device_and_precision(tmp_path):
 
     data, images = write_captions(tmp_path, 4)
     s1, s2 = (train_config(tmp_path, stage, data, images, projector="fresh") for stage in (1, 2))
-    assert train_attention(s1, "cpu", "bf16") == "sdpa_math"  # the slow CPU flash backward, short sequences
-    assert train_attention(s1, "cpu", "no") is None
-    assert train_attention(s1, "cuda", "bf16") is None
-    assert train_attention(s2, "cpu", "bf16") is None
+    assert train_attention(s1, "cpu", "bf16", "sdpa") == "sdpa_math"  # the slow CPU flash backward
+    assert train_attention(s1, "cpu", "bf16", "eager") is None  # an LM without sdpa keeps its own
+    assert train_attention(s1, "cpu", "no", "sdpa") is None
+    assert train_attention(s1, "cuda", "bf16", "sdpa") is None
+    assert train_attention(s2, "cpu", "bf16", "sdpa") is None
     eager = train_config(tmp_path, 2, data, images, projector="fresh", attention="eager")
-    assert train_attention(eager, "cuda", "bf16") == "eager"
+    assert train_attention(eager, "cuda", "bf16", "sdpa") == "eager"
+
+
+def test_an_attention_the_lm_cannot_use_is_a_config_error(tmp_path, monkeypatch, tiny_model):
+    from transformers import PreTrainedModel
+
+    def refuse(self, impl):
+        raise ValueError(f"{type(self).__name__} does not support {impl}")
+
+    monkeypatch.setattr(PreTrainedModel, "set_attn_implementation", refuse)
+    data, images = write_captions(tmp_path, 4)
+    with pytest.raises(ConfigError, match="attention=eager: the language model cannot use it"):
+        TrainSession(train_config(tmp_path, 1, data, images, attention="eager"))
 
 
 def _stage1_bf16(tmp_path, monkeypatch, cast: bool, name: str):

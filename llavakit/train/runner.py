@@ -7,8 +7,8 @@ full checkpoint, LoRA merged) + loss curve + ``result.json``.
 
 from __future__ import annotations
 
-import gc
 import contextlib
+import gc
 import json
 import math
 import os
@@ -133,14 +133,16 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def train_attention(cfg: TrainConfig, device_type: str, mixed: str) -> str | None:
-    """The LM attention a run trains with (``None``: the LM's own). ``attention=auto`` picks sdpa's
-    math kernel for stage 1 under bf16 autocast on the CPU, where torch's CPU flash-attention backward
-    dominates the step (batches of short caption sequences); eager would round the attention scores
-    to bf16, and on stage 2's long sequences flash is as fast (docs/benchmarks.md)."""
+def train_attention(cfg: TrainConfig, device_type: str, mixed: str, lm_attention: str) -> str | None:
+    """The LM attention a run trains with (``None``: the LM's own, ``lm_attention``). ``attention=auto``
+    picks sdpa's math kernel for stage 1 under bf16 autocast on the CPU when the LM uses sdpa: torch's
+    CPU flash-attention backward is the slow part of those steps (batches of short caption sequences);
+    eager would round the attention scores to bf16, and on stage 2's long sequences flash is as fast
+    (docs/benchmarks.md)."""
     if cfg.attention != "auto":
         return cfg.attention
-    return "sdpa_math" if cfg.stage == 1 and device_type == "cpu" and mixed == "bf16" else None
+    cpu_stage1 = cfg.stage == 1 and device_type == "cpu" and mixed == "bf16"
+    return "sdpa_math" if cpu_stage1 and lm_attention == "sdpa" else None
 
 
 def attention_kernels(attention: str | None):
@@ -164,7 +166,8 @@ def _frozen_linears_to_bf16(lm) -> None:
             module.to(torch.bfloat16)
 
 
-def _load_model(cfg: TrainConfig, mixed: str, attention: str | None = None):
+def _load_model(cfg: TrainConfig, mixed: str, device_type: str = "cpu"):
+    """(model, processor, freeze summary, the LM attention it trains with — None: its own)."""
     from llavakit.data.processor import Processor
     from llavakit.model import load_model
 
@@ -176,15 +179,19 @@ def _load_model(cfg: TrainConfig, mixed: str, attention: str | None = None):
         model.config.template = template
         model.processor = processor
     summary = freeze_for_stage(model, cfg)
+    attention = train_attention(cfg, device_type, mixed, model.language_model.config._attn_implementation)
     if cfg.stage == 1 and mixed == "bf16":
         _frozen_linears_to_bf16(model.language_model)
     if attention is not None:  # training only: the saved artifact keeps the LM's own kernel
-        model.language_model.set_attn_implementation("sdpa" if attention == "sdpa_math" else attention)
+        try:
+            model.language_model.set_attn_implementation("sdpa" if attention == "sdpa_math" else attention)
+        except (ValueError, ImportError) as exc:
+            raise ConfigError(f"attention={cfg.attention}: the language model cannot use it ({exc})") from None
     for part in (model.projector, model.language_model):
         for p in part.parameters():  # trainable weights in fp32 (master weights under autocast)
             if (p.requires_grad or mixed == "no") and p.dtype != torch.float32:
                 p.data = p.data.float()
-    return model, processor, summary
+    return model, processor, summary, attention
 
 
 def _optimizer(model, cfg: TrainConfig, steps: int):
@@ -244,10 +251,10 @@ class TrainSession:
         from llavakit.data.dataset import load_records
 
         records = load_records(cfg.data.path)  # a malformed data file fails before the model loads
-        self.attention = attention = train_attention(cfg, accelerator.device.type, accelerator.mixed_precision)
-        model, processor, summary = _load_model(cfg, accelerator.mixed_precision, attention)
-        if attention is not None:
-            _say(accelerator, f"LM attention while training: {attention}")
+        model, processor, summary, self.attention = _load_model(cfg, accelerator.mixed_precision,
+                                                                accelerator.device.type)
+        if self.attention is not None:
+            _say(accelerator, f"LM attention while training: {self.attention}")
         _say(accelerator, summary.describe())
         self.data = data = TrainData(cfg, records, processor, model, accelerator, plan)
         per_epoch, self.steps = _steps(cfg, data, plan)
@@ -355,7 +362,7 @@ def _save_artifact(cfg: TrainConfig, accelerator, model, out: Path) -> Path:
     if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
         full = accelerator.get_state_dict(model)  # gathered on the main process
         if accelerator.is_main_process:
-            final, _, _ = _load_model(cfg, "no")
+            final, _, _, _ = _load_model(cfg, "no")
             result = final.load_state_dict(full, strict=False)
             if result.missing_keys or result.unexpected_keys:  # never save fresh weights as the trained ones
                 raise LlavakitError(
