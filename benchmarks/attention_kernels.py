@@ -7,7 +7,7 @@ of ~70 tokens, LM frozen, its linear layers in bf16 as the runner casts them) an
 of ~330 tokens, everything trains). Then accuracy: the logits of one forward under bf16 autocast
 against fp32 (same weights, image-like inputs with a large shared offset as the projector makes).
 
-    python benchmarks/attention_kernels.py              # ~5 min on 2 CPU cores
+    python benchmarks/attention_kernels.py              # ~2 min on 2 CPU cores
     python benchmarks/attention_kernels.py --rounds 3   # quicker, noisier
 """
 

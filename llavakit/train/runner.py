@@ -160,9 +160,8 @@ def _frozen_linears_to_bf16(lm) -> None:
     stream stays fp32 as it is under autocast."""
     tied = lm.get_input_embeddings().weight
     for module in lm.modules():
-        w = getattr(module, "weight", None)
-        if (isinstance(module, torch.nn.Linear) and w is not tied and not w.requires_grad
-                and w.dtype == torch.float32):
+        if (isinstance(module, torch.nn.Linear) and module.weight is not tied and not module.weight.requires_grad
+                and module.weight.dtype == torch.float32):
             module.to(torch.bfloat16)
 
 
