@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "inspect": ("llavakit.data.inspect", "counts, lengths, bad records and supervised spans of a LLaVA data file"),
         "scienceqa": ("llavakit.eval.scienceqa_convert", "convert official ScienceQA files to LLaVA JSON"),
     },
+    "align": ("llavakit.train.align", "token-level projector alignment from box annotations (before stage 1)"),
     "train": ("llavakit.train.cli", "stage 1 / stage 2 / finetune training"),
     "chat": ("llavakit.serve.chat", "multi-turn chat about an image in the terminal"),
     "infer": ("llavakit.serve.infer", "batched inference over a model_vqa questions JSONL"),

@@ -4,6 +4,8 @@ Steps (each resumable; a rerun skips finished steps and continues an interrupted
 
 1. ``scenes``  — synthetic annotated scenes: a training split and a held-out split (disjoint seed),
 2. ``data``    — the stage-1 caption set and the instruction set (template teacher, or an LLM),
+   ``align``   — token-level projector alignment from the scenes' boxes (``llavakit align``), when
+                 the budget asks for it (``nano``): stage 1 starts from its projector,
 3. ``stage1``  — feature alignment: only the projector trains, on captions,
 4. ``stage2``  — visual instruction tuning: projector + LLM,
 5. ``eval``    — ``eval synth`` (+ blind) and ``eval pope`` on the held-out split,
@@ -26,7 +28,7 @@ from typing import Callable
 
 from llavakit.errors import ConfigError
 
-STEPS = ("scenes", "data", "stage1", "stage2", "eval", "report")
+STEPS = ("scenes", "data", "align", "stage1", "stage2", "eval", "report")
 HELDOUT_SEED = 1000  # disjoint from the training seed (0): see llavakit.datagen.scenes
 
 
@@ -40,6 +42,7 @@ class Budget:
     captions: int  # stage-1 (image, caption) pairs
     types: str  # instruction types for `llavakit datagen` (type or type:variants)
     vqa_questions: int  # short questions per vqa sample
+    align: list[str] | None = None  # `llavakit align` overrides; None: no alignment step
     stage1: list[str] = field(default_factory=list)  # training overrides
     stage2: list[str] = field(default_factory=list)
     per_category: int = 50  # eval synth questions per category
@@ -57,6 +60,7 @@ BUDGETS: dict[str, Budget] = {
         captions=1000,
         types="vqa",
         vqa_questions=8,
+        align=[],
         stage1=["per_device_batch_size=8", "epochs=1.5", "optim.lr=2e-3"],
         stage2=["per_device_batch_size=2", "gradient_accumulation_steps=2", "max_steps=90", "optim.lr=1e-4",
                 "optim.projector_lr=1e-3"],
@@ -73,6 +77,7 @@ BUDGETS: dict[str, Budget] = {
         captions=48,
         types="vqa,conversation,detail,reasoning",
         vqa_questions=4,
+        align=["steps=20"],
         stage1=["per_device_batch_size=8", "epochs=1", "optim.lr=1e-3"],
         stage2=["per_device_batch_size=8", "epochs=1", "optim.lr=1e-3"],
         per_category=4,
@@ -105,6 +110,7 @@ class Quickstart:
             "heldout": self.out / "scenes" / "heldout",
             "captions": self.out / "data" / "captions.json",
             "instruct": self.out / "data" / "instruct.json",
+            "align": self.out / "align",
             "stage1": self.out / "stage1",
             "stage2": self.out / "stage2",
             "eval": self.out / "eval",
@@ -177,6 +183,8 @@ class Quickstart:
         if stage == 1:
             data, out = data or self.paths["captions"], out or self.paths["stage1"]
             base = ["stage=1", "template=plain"]
+            if self.budget.align is not None:
+                base.append(f"projector={self.paths['align'] / 'projector'}")
         else:
             data, out = data or self.paths["instruct"], out or self.paths["stage2"]
             projector = self.paths["stage1"] / "projector" if from_stage1 else FRESH_PROJECTOR
@@ -194,6 +202,18 @@ class Quickstart:
 
         resume = train_state.latest_checkpoint(out) is not None
         return run(cfg, resume=resume).to_dict()
+
+    def align(self) -> dict:
+        """Token-level alignment of the projector on the training scenes' boxes (``llavakit align``)."""
+        if self.budget.align is None:
+            return {"skipped": "this budget has no alignment step"}
+        from llavakit.train.align import build_align_config, run_alignment
+
+        train = self.paths["train"]
+        cfg = build_align_config({"model": self.budget.model, "instances": str(train / "instances.json"),
+                                  "image_folder": str(train / "images"), "output_dir": str(self.paths["align"]),
+                                  "progress": self.progress}, self.budget.align)
+        return run_alignment(cfg)
 
     def stage1(self) -> dict:
         return self.train(1, self.budget.stage1)

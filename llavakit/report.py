@@ -113,7 +113,7 @@ def write_report(qs) -> dict:
     """Write ``OUT/report.md`` and its PNGs from the finished steps of a Quickstart."""
     out_dir = qs.out / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps = {name: qs.done(name) or {} for name in ("scenes", "data", "stage1", "stage2", "eval")}
+    steps = {name: qs.done(name) or {} for name in ("scenes", "data", "align", "stage1", "stage2", "eval")}
     ev = steps["eval"]
     synth, pope = ev.get("synth", {}), ev.get("pope", {})
     figures = {
@@ -142,6 +142,12 @@ def write_report(qs) -> dict:
     ) if synth else "evaluation not run"
     lines += [summary, "", "## Time and memory", "",
               md_table(["step", "seconds", "peak RSS (MiB)"], timing_rows), ""]
+    acc = steps["align"].get("cell_accuracy")
+    if acc:
+        lines.append(f"- align: {steps['align'].get('images')} images, final loss {steps['align'].get('final_loss')}, "
+                     f"cell accuracy ({steps['align'].get('cell_accuracy_on')}) objects {acc['object_cells']}% / "
+                     f"background {acc['background_cells']}%, token norm {steps['align'].get('token_norm')} "
+                     f"(target {steps['align'].get('target_norm')})")
     for stage in ("stage1", "stage2"):
         s = steps[stage]
         if s:

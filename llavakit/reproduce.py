@@ -172,7 +172,7 @@ class Reproduce:
 
     def run(self, say=print) -> dict:
         self.qs._check_out()
-        for name in ("scenes", "data", "stage1"):
+        for name in ("scenes", "data", "align", "stage1"):
             self.qs.step(name, getattr(self.qs, name), say, "[shared] ")
         self.qs.step("heldout_data", self.heldout_data, say, "[shared] ")
         results = {}

@@ -1,0 +1,141 @@
+"""Where grounding is bounded: the LM side with ideal image tokens ("oracle"), at the quickstart's budget.
+
+    python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/oracle
+    python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/oracle-size words=[size,color,category]
+
+``oracle`` replaces the projected image tokens by the targets of ``llavakit align`` computed from
+the annotations (per grid cell the mean of the LM's embeddings of its object's words, background
+cells ``background``) — what a perfect token-level connector would deliver — and runs the nano
+recipe's stage 2 on the quickstart run's own instruction data (same batch 4, steps, LLM lr, bf16
+autocast where the CPU has it, image first), then the held-out ``eval synth`` questions with the
+same oracle tokens, and blind (every cell ``background``). Accuracy here is what the LM, the data
+and the budget can reach with ideal tokens; the gap to a trained connector is the connector's.
+
+The loop is written here (not ``llavakit train``) because the oracle tokens come from annotations,
+not from a tower: it mirrors the runner's stage 2 — AdamW, cosine with 3% warm-up, clip 1.0.
+Prints one table; record it with the command in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from llavakit.data.processor import IGNORE_INDEX, place_image, to_messages
+from llavakit.eval import synth
+from llavakit.model import load_model
+from llavakit.train.align import build_align_config, cell_words, read_instances, word_table
+
+
+def oracle_ids(cfg, scenes: Path, grid: int, mode: str, size: int) -> dict[str, list[tuple[str, ...]]]:
+    """file name → per-cell word tuples from the split's annotations."""
+    cfg.instances, cfg.image_folder = str(scenes / "instances.json"), str(scenes / "images")
+    images, by_image, names = read_instances(cfg)
+    return {im["file_name"]: cell_words(im, by_image[int(im["id"])], names, cfg, grid, mode, size) for im in images}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("arm", choices=["oracle"])
+    ap.add_argument("--run", required=True, help="a finished quickstart run dir (scenes + data)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, default=90)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--per-category", type=int, default=30)
+    ap.add_argument("overrides", nargs="*", help="align settings for the oracle targets (words=..., cells=...)")
+    args = ap.parse_args()
+    run, out = Path(args.run), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = load_model("nano")
+    cfg = build_align_config({}, args.overrides)
+    tower, tok = model.vision_tower, model.tokenizer
+    grid = int(tower.num_tokens ** 0.5)
+    train_cells = oracle_ids(cfg, run / "scenes" / "train", grid, tower.config.image_mode, tower.image_size)
+    held_cells = oracle_ids(cfg, run / "scenes" / "heldout", grid, tower.config.image_mode, tower.image_size)
+    keys = sorted({k for cells in (*train_cells.values(), *held_cells.values()) for k in cells} | {(cfg.background,)})
+    index = {k: i for i, k in enumerate(keys)}
+    emb = model.language_model.get_input_embeddings().weight.detach()
+    table = word_table(keys, tok, emb)
+
+    def tokens(names: list[str], cells: dict, blind: bool = False) -> torch.Tensor:
+        bg = index[(cfg.background,)]
+        ids = [[bg] * tower.num_tokens if blind else [index[k] for k in cells[n]] for n in names]
+        return table[torch.tensor(ids)]  # (B, N, D): fed as already-projected features
+
+    model.projector = torch.nn.Identity()  # image_features are the oracle tokens themselves
+    lm = model.language_model.float().train()
+    lm.requires_grad_(True)
+    records = json.loads((run / "data" / "instruct.json").read_text(encoding="utf-8"))
+    from transformers import get_scheduler
+
+    from llavakit.train.runner import cpu_has_bf16
+
+    opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=max(1, round(0.03 * args.steps)),
+                          num_training_steps=args.steps)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_bf16() else nullcontext()
+    start, losses = time.time(), []
+    pad = tok.pad_token_id
+    for step in range(args.steps):
+        batch = records[step * args.batch:(step + 1) * args.batch]
+        encs = [model.processor.encode(place_image(to_messages(r["conversations"], r["id"]), "<image>", "first", None))
+                for r in batch]
+        width = max(len(e.input_ids) for e in encs)
+        ids = torch.tensor([e.input_ids + [pad] * (width - len(e)) for e in encs])
+        labels = torch.tensor([e.labels + [IGNORE_INDEX] * (width - len(e)) for e in encs])
+        mask = torch.tensor([[1] * len(e) + [0] * (width - len(e)) for e in encs])
+        with autocast:
+            loss = model(ids, mask, image_features=tokens([r["image"] for r in batch], train_cells), labels=labels).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(round(loss.item(), 4))
+        if step % 10 == 0:
+            print(f"step {step} loss {losses[-1]:.4f} ({time.time() - start:.0f} s)", file=sys.stderr, flush=True)
+    train_s = time.time() - start
+    lm.eval()
+
+    facts, folder = synth.load_scenes(run / "scenes" / "heldout")
+    questions = synth.make_questions(facts, folder.name, args.per_category, 0)
+    result = {"arm": args.arm, "align": vars(cfg), "steps": args.steps, "batch": args.batch, "lr": args.lr,
+              "train_seconds": round(train_s, 1), "final_loss": losses[-1], "conditions": {}}
+    for blind in (False, True):
+        answers = {}
+        for i in range(0, len(questions), 8):
+            chunk = questions[i:i + 8]
+            prompts = [model.processor.encode_prompt(
+                place_image(to_messages([{"from": "human", "value": "<image>\n" + q["text"]}]), "<image>", "first", None))
+                for q in chunk]
+            width = max(len(p) for p in prompts)
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+            feats = tokens([Path(q["image"]).name for q in chunk], held_cells, blind)
+            new = model.generate(ids, mask, image_features=feats, max_new_tokens=16)
+            for q, row in zip(chunk, new):
+                answers[q["question_id"]] = model.decode(row).strip()
+        scores, _ = synth.score_answers(questions, answers)
+        result["conditions"]["blind" if blind else "image"] = scores
+    (out / "probe.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+    img, bl = result["conditions"]["image"], result["conditions"]["blind"]
+    print(f"| category | oracle tokens (%) | blind (%) |\n| --- | --- | --- |")
+    for cat in synth.CATEGORIES:
+        if cat in img["categories"]:
+            print(f"| {cat} | {img['categories'][cat]['accuracy']:.1f} | {bl['categories'][cat]['accuracy']:.1f} |")
+    print(f"| overall | {img['accuracy']:.1f} | {bl['accuracy']:.1f} |")
+    print(f"stage 2 with oracle tokens: {args.steps} steps in {train_s:.0f} s, final loss {losses[-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

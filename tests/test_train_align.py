@@ -1,0 +1,123 @@
+"""`llavakit align`: boxes → the tower's grid, word targets, the regression run and its artifact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llavakit.cli import main
+from llavakit.errors import ConfigError, DataError
+from llavakit.train.align import (
+    AlignConfig,
+    build_align_config,
+    cell_centres,
+    cell_words,
+    run_alignment,
+    word_table,
+)
+
+NAMES = {1: "circle", 2: "square"}
+
+
+def test_cell_centres_follow_the_image_mode():
+    # 200 wide x 100 high on a 2x2 grid of a 224 input
+    pad = cell_centres(200, 100, 2, "pad", 224)  # padded to 200x200: 50 px above and below
+    assert pad == [(50.0, 0.0), (150.0, 0.0), (50.0, 100.0), (150.0, 100.0)]
+    assert cell_centres(200, 100, 2, "resize", 224) == [(50.0, 25.0), (150.0, 25.0), (50.0, 75.0), (150.0, 75.0)]
+    square = cell_centres(200, 100, 2, "square", 224)  # short side to 224, centre crop of the middle 100x100
+    assert square[0] == pytest.approx((75.0, 25.0)) and square[3] == pytest.approx((125.0, 75.0))
+    with pytest.raises(ConfigError, match="image mode"):
+        cell_centres(10, 10, 2, "stretch", 224)
+
+
+def test_cell_words_name_the_front_object_or_background():
+    image = {"id": 0, "width": 100, "height": 100}
+    anns = [{"category_id": 2, "bbox": [0, 0, 100, 50], "color": "blue"},   # the top half
+            {"category_id": 1, "bbox": [0, 0, 50, 50], "color": "red"}]     # top left, in front (smaller)
+    cfg = AlignConfig()
+    assert cell_words(image, anns, NAMES, cfg, 2, "pad", 224) == [
+        ("red", "circle"), ("blue", "square"), ("background",), ("background",)]
+    sized = AlignConfig(words=["category"], background="nothing")
+    assert cell_words(image, anns, NAMES, sized, 2, "pad", 224)[1:] == [("square",), ("nothing",), ("nothing",)]
+    # center: one cell per object, at its box centre (the square's centre (50, 25) is nearest cell 0 or 1)
+    centre = cell_words(image, [anns[0]], NAMES, AlignConfig(cells="center"), 4, "pad", 224)
+    assert sum(c != ("background",) for c in centre) == 1
+
+
+def test_word_table_is_the_mean_of_the_words_embeddings(tiny_model):
+    emb = tiny_model.language_model.get_input_embeddings().weight.detach()
+    tok = tiny_model.tokenizer
+    table = word_table([("red", "circle"), ("red",)], tok, emb)
+    red = emb[tok(" red", add_special_tokens=False)["input_ids"]].mean(0)
+    circle = emb[tok(" circle", add_special_tokens=False)["input_ids"]].mean(0)
+    assert torch.allclose(table[1], red) and torch.allclose(table[0], (red + circle) / 2)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    from llavakit.datagen.scenes_cli import generate_scenes
+    from llavakit.datagen.world import SceneConfig
+
+    out = tmp_path_factory.mktemp("scenes")
+    generate_scenes(out, 24, seed=0, cfg=SceneConfig(image_size=64, max_objects=3), progress=False)
+    return out
+
+
+def _cfg(scenes, tmp_path, **kw) -> AlignConfig:
+    settings = dict(model="tiny-random", instances=str(scenes / "instances.json"),
+                    image_folder=str(scenes / "images"), output_dir=str(tmp_path / "align"),
+                    feature_cache_dir=str(tmp_path / "fc"), steps=60, batch_size=8, lr=3e-3,
+                    heldout_fraction=0.25, progress=False)
+    return AlignConfig(**{**settings, **kw})
+
+
+def test_alignment_learns_the_targets_and_writes_a_projector_stage1_loads(scenes, tmp_path):
+    from llavakit.model import load_model
+
+    result = run_alignment(_cfg(scenes, tmp_path))
+    assert result["images"] == 24 and result["heldout_images"] == 6
+    assert result["final_loss"] < result["loss_every_50"][0]  # the regression learns
+    assert "background" in result["targets"] and any(" " in t for t in result["targets"])  # "colour shape"
+    assert result["cell_accuracy"]["object_cell_count"] > 0
+    # the artifact is a stage-1/2 projector: it loads onto the model and differs from a fresh init
+    fresh = load_model("tiny-random")
+    aligned = load_model("tiny-random", projector=result["projector"])
+    a = dict(aligned.projector.named_parameters())
+    assert any(not torch.equal(p, a[n]) for n, p in fresh.projector.named_parameters())
+    # a rerun with the same settings is skipped; other settings in the same place are refused
+    assert run_alignment(_cfg(scenes, tmp_path)) == result
+    with pytest.raises(ConfigError, match="other settings"):
+        run_alignment(_cfg(scenes, tmp_path, cells="center"))
+
+
+def test_alignment_refuses_bad_settings_before_loading_a_model(scenes, tmp_path):
+    with pytest.raises(ConfigError, match="instances file"):
+        run_alignment(AlignConfig(instances=str(tmp_path / "no.json"), image_folder=str(tmp_path)))
+    for bad, match in ((dict(lr=float("nan")), "lr"), (dict(steps=0), "steps"), (dict(words=[]), "words"),
+                       (dict(heldout_fraction=1.0), "heldout_fraction"), (dict(cosine_weight=-1.0), "cosine_weight")):
+        with pytest.raises(ConfigError, match=match):
+            run_alignment(_cfg(scenes, tmp_path, **bad))
+    with pytest.raises(ConfigError, match=r"words \['shade'\].*fields"):
+        run_alignment(_cfg(scenes, tmp_path, words=["shade", "category"]))
+    with pytest.raises(ConfigError, match="cells"):
+        build_align_config({}, ["cells=everywhere"])
+    broken = tmp_path / "broken.json"
+    data = json.loads((scenes / "instances.json").read_text(encoding="utf-8"))
+    data["annotations"][0]["bbox"] = [0, 0, float("nan"), 4]
+    broken.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(DataError, match="annotation .*bbox"):
+        run_alignment(_cfg(scenes, tmp_path, instances=str(broken)))
+
+
+def test_align_verb(scenes, tmp_path, capsys):
+    out = tmp_path / "verb"
+    assert main(["align", "--instances", str(scenes / "instances.json"), "--image-folder", str(scenes / "images"),
+                 "--out", str(out), "--quiet", "model=tiny-random", "steps=5", "batch_size=4",
+                 f"feature_cache_dir={tmp_path / 'fc'}"]) == 0
+    printed = capsys.readouterr().out
+    assert "cell accuracy" in printed and f"projector={out / 'projector'}" in printed
+    assert main(["align", "--instances", str(scenes / "instances.json"), "--image-folder", str(tmp_path / "none"),
+                 "--out", str(out)]) == 2
+    assert "image_folder" in capsys.readouterr().err
