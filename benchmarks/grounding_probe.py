@@ -31,7 +31,7 @@ import torch
 from llavakit.data.processor import IGNORE_INDEX, place_image, to_messages
 from llavakit.eval import synth
 from llavakit.model import load_model
-from llavakit.train.align import build_align_config, cell_words, read_instances, word_table
+from llavakit.train.align import build_align_config, cell_words, position_table, read_instances, word_table
 
 
 def oracle_ids(cfg, scenes: Path, grid: int, mode: str, size: int) -> dict[str, list[tuple[str, ...]]]:
@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--per-category", type=int, default=30)
+    ap.add_argument("--position", type=float, default=0.0,
+                    help="add this times each cell's region-word embedding (top/middle/bottom + left/center/right)")
     ap.add_argument("overrides", nargs="*", help="align settings for the oracle targets (words=..., cells=...)")
     args = ap.parse_args()
     run, out = Path(args.run), Path(args.out)
@@ -65,11 +67,12 @@ def main() -> int:
     index = {k: i for i, k in enumerate(keys)}
     emb = model.language_model.get_input_embeddings().weight.detach()
     table = word_table(keys, tok, emb)
+    where = args.position * position_table(grid, tok, emb)  # (N, D), zero unless --position
 
     def tokens(names: list[str], cells: dict, blind: bool = False) -> torch.Tensor:
         bg = index[(cfg.background,)]
         ids = [[bg] * tower.num_tokens if blind else [index[k] for k in cells[n]] for n in names]
-        return table[torch.tensor(ids)]  # (B, N, D): fed as already-projected features
+        return table[torch.tensor(ids)] + where  # (B, N, D): fed as already-projected features
 
     model.projector = torch.nn.Identity()  # image_features are the oracle tokens themselves
     lm = model.language_model.float().train()
@@ -108,7 +111,7 @@ def main() -> int:
 
     facts, folder = synth.load_scenes(run / "scenes" / "heldout")
     questions = synth.make_questions(facts, folder.name, args.per_category, 0)
-    result = {"arm": args.arm, "align": vars(cfg), "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    result = {"arm": args.arm, "align": vars(cfg), "position": args.position, "steps": args.steps, "batch": args.batch, "lr": args.lr,
               "train_seconds": round(train_s, 1), "final_loss": losses[-1], "conditions": {}}
     for blind in (False, True):
         answers = {}

@@ -226,16 +226,16 @@ class Quickstart:
         return self.paths["stage2"] / "model"
 
     def eval(self) -> dict:
-        return self.evaluate(self.model_dir, self.paths["eval"], blind=True)
+        return self.evaluate(self.model_dir, self.paths["eval"], blind=True, paraphrase=True)
 
-    def evaluate(self, model_dir: Path, out: Path, blind: bool) -> dict:
-        """``eval synth`` (+ blind) and ``eval pope`` of ``model_dir`` on the held-out split."""
+    def evaluate(self, model_dir: Path, out: Path, blind: bool, paraphrase: bool = False) -> dict:
+        """``eval synth`` (+ blind, + paraphrased) and ``eval pope`` of ``model_dir`` on the held-out split."""
         from llavakit.eval import pope, synth
         from llavakit.model import load_model
 
         model = load_model(str(model_dir))
         syn = synth.evaluate(model, self.paths["heldout"], out / "synth", blind=blind,
-                             per_category=self.budget.per_category, progress=self.progress)
+                             per_category=self.budget.per_category, progress=self.progress, paraphrase=paraphrase)
         pop = pope.evaluate(model, self.paths["heldout"], out / "pope", max_images=self.budget.pope_images,
                             progress=self.progress)
         return {"synth": syn, "pope": pop}

@@ -135,9 +135,11 @@ def write_report(qs) -> dict:
     lines = [f"# llavakit quickstart — preset `{qs.preset}`", ""]
     img_acc = synth.get("conditions", {}).get("image", {}).get("accuracy")
     blind_acc = synth.get("conditions", {}).get("blind", {}).get("accuracy")
+    para_acc = synth.get("conditions", {}).get("paraphrased", {}).get("accuracy")
     pope_f1 = {mode: m.get("f1") for mode, m in pope.get("modes", {}).items()}
     summary = (
-        f"held-out accuracy {_fmt(img_acc)}% with the image vs {_fmt(blind_acc)}% blind; "
+        f"held-out accuracy {_fmt(img_acc)}% with the image vs {_fmt(blind_acc)}% blind"
+        + (f" ({_fmt(para_acc)}% with paraphrased questions)" if para_acc is not None else "") + "; "
         f"POPE F1 " + ", ".join(f"{m} {_fmt(v)}" for m, v in pope_f1.items()) + f"; total {total / 60:.1f} min"
     ) if synth else "evaluation not run"
     lines += [summary, "", "## Time and memory", "",

@@ -149,3 +149,20 @@ def test_heldout_check_reads_what_the_checkpoint_was_trained_on(tmp_path):
     assert heldout_warnings(tmp_path / "held", str(model)) == []
     assert "trained on the images" in heldout_warnings(tmp_path / "train", str(model))[0]  # via stage 1's record
     assert "has seed 7, like the training scenes" in heldout_warnings(tmp_path / "same_seed", str(model))[0]
+
+
+def test_paraphrased_condition_asks_reworded_questions_about_the_same_facts(scenes, tiny_model, tmp_path):
+    from llavakit.eval.paraphrase import matches_template
+
+    out = tmp_path / "p"
+    res = synth.evaluate(tiny_model, scenes, out, paraphrase=True, per_category=2, max_new_tokens=4, progress=False)
+    img, para = res["conditions"]["image"], res["conditions"]["paraphrased"]
+    assert para["total"] == img["total"] == 14
+    assert res["paraphrase_gap"]["overall"] == pytest.approx(img["accuracy"] - para["accuracy"])
+    asked = [json.loads(l) for l in (out / "answers_paraphrased.questions.jsonl").read_text().splitlines()]
+    plain = [json.loads(l) for l in (out / "answers_image.questions.jsonl").read_text().splitlines()]
+    assert [q["answer"] for q in asked] == [q["answer"] for q in plain]  # same facts
+    for q, p in zip(asked, plain):
+        first = q["text"].split("\n")[0]
+        assert first != p["text"].split("\n")[0] and not matches_template(first)
+    assert "paraphrased accuracy (%)" in (out / "synth.md").read_text()

@@ -9,6 +9,9 @@ answers compared as normalised text.
 
 ``blind=True`` asks the same questions again with every image replaced by a blank one and reports
 the gap: what the model gets right without seeing the image is what language priors alone give.
+``paraphrase=True`` asks them once more reworded unlike any training template
+(:mod:`llavakit.eval.paraphrase`), with the image: a model that reads the question scores about
+the same; one that matched the template's form does not.
 
 Questions: for each category, images are visited in file order and each contributes at most one
 question of that category (generators skip images without a clear-cut fact) until
@@ -25,6 +28,7 @@ from llavakit.datagen.prompts import VQA_SUFFIX
 from llavakit.datagen.questions import GENERATORS, Vocab
 from llavakit.errors import ConfigError
 from llavakit.eval.answering import answer_questions, model_label, resolve_model
+from llavakit.eval.paraphrase import paraphrase as reword
 from llavakit.eval.records import read_jsonl, write_jsonl
 from llavakit.eval.report import md_table, pct, write_report
 from llavakit.eval.scenes_input import (
@@ -37,7 +41,7 @@ from llavakit.eval.scenes_input import (
 from llavakit.eval.scoring import is_correct
 
 CATEGORIES = ("color", "shape", "count", "position", "exists", "relation", "size")
-CONDITIONS = ("image", "blind")
+CONDITIONS = ("image", "blind", "paraphrased")
 
 
 def answer_kind(category: str, short: str) -> str:
@@ -94,7 +98,7 @@ def score_answers(questions: list[dict], answers: dict) -> tuple[dict, list[dict
 
 def evaluate(model, scenes_dir: str | Path, out_dir: str | Path, blind: bool = False, per_category: int = 50,
              seed: int = 0, n_scenes: int | None = None, scene_seed: int = DEFAULT_HELDOUT_SEED,
-             batch_size: int = 8, max_new_tokens: int = 16, progress: bool = True) -> dict:
+             batch_size: int = 8, max_new_tokens: int = 16, progress: bool = True, paraphrase: bool = False) -> dict:
     """Ask, answer (resumable) and score. With ``blind`` also the blank-image run and the gap.
 
     Returns ``{"accuracy": image accuracy, "conditions": {"image": {...}, "blind": {...}},
@@ -114,12 +118,16 @@ def evaluate(model, scenes_dir: str | Path, out_dir: str | Path, blind: bool = F
                     "images": len(facts.images), "question_seed": seed, "per_category": per_category,
                     "warnings": heldout_warnings(scenes_dir, model, folder),
                     "conditions": {}}
-    for cond in CONDITIONS[: 2 if blind else 1]:
-        path = answer_questions(loaded, questions, folder.parent, out_dir / f"answers_{cond}.jsonl",
+    conditions = ["image"] + (["blind"] if blind else []) + (["paraphrased"] if paraphrase else [])
+    for cond in conditions:
+        asked = questions
+        if cond == "paraphrased":
+            asked = [{**q, "text": reword(q["text"], f"{seed}/{q['question_id']}")} for q in questions]
+        path = answer_questions(loaded, asked, folder.parent, out_dir / f"answers_{cond}.jsonl",
                                 blind=cond == "blind", batch_size=batch_size, max_new_tokens=max_new_tokens,
                                 progress=progress, label=model_label(model))
         answers = {r["question_id"]: str(r["text"]) for r in read_jsonl(path, "answers file")}
-        scores, rows = score_answers(questions, answers)
+        scores, rows = score_answers(asked, answers)
         result["conditions"][cond] = scores
         write_jsonl(out_dir / f"synth_details_{cond}.jsonl", rows)
     result["accuracy"] = result["conditions"]["image"]["accuracy"]
@@ -128,6 +136,11 @@ def evaluate(model, scenes_dir: str | Path, out_dir: str | Path, blind: bool = F
         result["gap"] = {cat: img["categories"][cat]["accuracy"] - bl["categories"][cat]["accuracy"]
                          for cat in img["categories"]}
         result["gap"]["overall"] = img["accuracy"] - bl["accuracy"]
+    if paraphrase:
+        img, para = result["conditions"]["image"], result["conditions"]["paraphrased"]
+        result["paraphrase_gap"] = {cat: img["categories"][cat]["accuracy"] - para["categories"][cat]["accuracy"]
+                                    for cat in img["categories"]}
+        result["paraphrase_gap"]["overall"] = img["accuracy"] - para["accuracy"]
     write_report(out_dir, "synth", result, markdown(result))
     return result
 
@@ -138,6 +151,8 @@ def markdown(result: dict) -> str:
     head = ["category", "questions", "accuracy (%)"]
     if "blind" in conds:
         head += ["blind accuracy (%)", "gap (points)"]
+    if "paraphrased" in conds:
+        head += ["paraphrased accuracy (%)"]
     rows = []
     for cat in [*cats, "overall"]:
         img = conds["image"] if cat == "overall" else conds["image"]["categories"][cat]
@@ -145,6 +160,9 @@ def markdown(result: dict) -> str:
         if "blind" in conds:
             bl = conds["blind"] if cat == "overall" else conds["blind"]["categories"][cat]
             row += [bl["accuracy"], result["gap"][cat]]
+        if "paraphrased" in conds:
+            para = conds["paraphrased"] if cat == "overall" else conds["paraphrased"]["categories"][cat]
+            row += [para["accuracy"]]
         rows.append(row)
     return "\n".join([
         f"# Synthetic benchmark — {result['model']}", "",
@@ -154,7 +172,9 @@ def markdown(result: dict) -> str:
         *[f"**Warning:** {w}\n" for w in result.get("warnings", [])],
         "Accuracy = normalised exact match against the answer computed from the annotations. "
         + ("Blind = the same questions with a blank image; the gap is what seeing the image adds."
-           if "blind" in conds else "Run with --blind to measure what the image adds over language alone."),
+           if "blind" in conds else "Run with --blind to measure what the image adds over language alone.")
+        + (" Paraphrased = the same questions reworded unlike any training template, with the image."
+           if "paraphrased" in conds else ""),
     ])
 
 
@@ -168,6 +188,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--per-category", type=int, default=50, help="questions per category (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="question sampling seed")
     parser.add_argument("--blind", action="store_true", help="also answer with a blank image and report the gap")
+    parser.add_argument("--paraphrase", action="store_true",
+                        help="also ask the questions reworded unlike any training template (with the image)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -175,7 +197,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.scenes, args.out, args.blind, args.per_category, args.seed, args.n,
-                      args.scene_seed, args.batch_size, args.max_new_tokens, not args.quiet)
+                      args.scene_seed, args.batch_size, args.max_new_tokens, not args.quiet, args.paraphrase)
     print(markdown(result))
     print(f"\nwrote {Path(args.out) / 'synth.json'} and {Path(args.out) / 'synth.md'}")
     return 0

@@ -174,6 +174,20 @@ def word_table(keys: list[tuple[str, ...]], tokenizer, embeddings: torch.Tensor)
     return torch.stack(rows)
 
 
+def cell_region_words(grid: int) -> list[tuple[str, str]]:
+    """Per cell (row-major) its vertical and horizontal third as words: ("top", "left"), ..."""
+    def third(t: float, names: tuple[str, str, str]) -> str:
+        return names[0] if t < 1 / 3 else names[2] if t > 2 / 3 else names[1]
+
+    return [(third((r + 0.5) / grid, ("top", "middle", "bottom")), third((c + 0.5) / grid, ("left", "center", "right")))
+            for r in range(grid) for c in range(grid)]
+
+
+def position_table(grid: int, tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
+    """``(grid*grid, D)``: each cell's region words as one mean embedding (a readable position signal)."""
+    return word_table(cell_region_words(grid), tokenizer, embeddings)
+
+
 def align_loss(out: torch.Tensor, target: torch.Tensor, cosine_weight: float) -> torch.Tensor:
     mse = F.mse_loss(out, target)
     return mse + cosine_weight * (1 - F.cosine_similarity(out, target, dim=-1)).mean()
