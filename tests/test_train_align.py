@@ -9,13 +9,13 @@ import torch
 
 from llavakit.cli import main
 from llavakit.errors import ConfigError, DataError
+from llavakit.model.projector import word_table
 from llavakit.train.align import (
     AlignConfig,
     build_align_config,
     cell_centres,
     cell_words,
     run_alignment,
-    word_table,
 )
 
 NAMES = {1: "circle", 2: "square"}
@@ -121,3 +121,45 @@ def test_align_verb(scenes, tmp_path, capsys):
     assert main(["align", "--instances", str(scenes / "instances.json"), "--image-folder", str(tmp_path / "none"),
                  "--out", str(out)]) == 2
     assert "image_folder" in capsys.readouterr().err
+
+
+def test_word_positions_add_the_cells_region_words_and_travel_with_the_artifact(scenes, tmp_path):
+    from llavakit.model import load_model
+    from llavakit.model.checkpoint import save_projector
+    from llavakit.model.llava import LlavaModel
+    from llavakit.model.presets import get_preset
+    from llavakit.model.projector import WordPositions, cell_region_words
+
+    assert cell_region_words(3) == [("top", "left"), ("top", "center"), ("top", "right"), ("middle", "left"),
+                                    ("middle", "center"), ("middle", "right"), ("bottom", "left"),
+                                    ("bottom", "center"), ("bottom", "right")]
+    plain = load_model("tiny-random")
+    cfg = get_preset("tiny-random")
+    cfg.projector.position = "words"
+    model = LlavaModel(cfg, plain.vision_tower, plain.language_model, plain.tokenizer)
+    assert isinstance(model.projector, WordPositions) and not model.projector.position.requires_grad
+    emb = plain.language_model.get_input_embeddings().weight.detach()
+    grid = int(plain.num_image_tokens ** 0.5)
+    top_left = word_table([("top", "left")], plain.tokenizer, emb)[0]
+    assert torch.allclose(model.projector.position[0], top_left)
+    feats = torch.randn(2, plain.num_image_tokens, plain.vision_tower.hidden_size)
+    with torch.no_grad():
+        assert torch.allclose(model.projector(feats) - model.projector.inner(feats), model.projector.position.expand(2, -1, -1),
+                              atol=1e-6)
+    assert grid * grid == plain.num_image_tokens
+    # alignment regresses content + position; the artifact refuses a projector without positions
+    result = run_alignment(_cfg(scenes, tmp_path, model="tiny-random"))
+    from llavakit.model.checkpoint import load_projector
+
+    with pytest.raises(ConfigError, match="position"):
+        load_projector(model, result["projector"])
+    save_projector(model, tmp_path / "pos")
+    again = LlavaModel(cfg, plain.vision_tower, plain.language_model, plain.tokenizer)
+    load_projector(again, tmp_path / "pos")
+    assert torch.equal(again.projector.position, model.projector.position)
+    from llavakit.model import save_pretrained
+
+    save_pretrained(model, tmp_path / "ckpt")  # a checkpoint rebuilds the wrapper and its table
+    reloaded = load_model(str(tmp_path / "ckpt"))
+    assert isinstance(reloaded.projector, WordPositions)
+    assert torch.equal(reloaded.projector.position, model.projector.position)

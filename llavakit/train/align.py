@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from llavakit.config import from_dict, parse_override, merge, to_dict
 from llavakit.errors import ConfigError, DataError
+from llavakit.model.projector import WordPositions, cell_region_words, word_table
 
 DONE = "align.json"
 
@@ -162,27 +163,6 @@ def read_instances(cfg: AlignConfig) -> tuple[list[dict], dict[int, list[dict]],
 
 # --- targets: the LM's own embeddings of the words --------------------------------------------------
 
-def word_table(keys: list[tuple[str, ...]], tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
-    """``(len(keys), D)``: per key the mean over its words of the mean embedding of the word's tokens."""
-    rows = []
-    for key in keys:
-        vecs = []
-        for word in key:
-            ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-            vecs.append(embeddings[ids].float().mean(0))
-        rows.append(torch.stack(vecs).mean(0))
-    return torch.stack(rows)
-
-
-def cell_region_words(grid: int) -> list[tuple[str, str]]:
-    """Per cell (row-major) its vertical and horizontal third as words: ("top", "left"), ..."""
-    def third(t: float, names: tuple[str, str, str]) -> str:
-        return names[0] if t < 1 / 3 else names[2] if t > 2 / 3 else names[1]
-
-    return [(third((r + 0.5) / grid, ("top", "middle", "bottom")), third((c + 0.5) / grid, ("left", "center", "right")))
-            for r in range(grid) for c in range(grid)]
-
-
 def position_table(grid: int, tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
     """``(grid*grid, D)``: each cell's region words as one mean embedding (a readable position signal)."""
     return word_table(cell_region_words(grid), tokenizer, embeddings)
@@ -195,8 +175,9 @@ def align_loss(out: torch.Tensor, target: torch.Tensor, cosine_weight: float) ->
 
 @torch.no_grad()
 def cell_accuracy(projector, feats: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, background: int) -> dict:
-    """Share of cells whose output is nearest (cosine) to its own target row, objects and background apart."""
-    out = projector(feats).float()
+    """Share of cells whose output is nearest (cosine) to its own target row, objects and background apart
+    (the content part: without a fixed position term)."""
+    out = (projector.inner if isinstance(projector, WordPositions) else projector)(feats).float()
     sims = F.normalize(out, dim=-1) @ F.normalize(table, dim=-1).T
     right = sims.argmax(-1) == ids
     obj = ids != background
@@ -255,6 +236,10 @@ def run_alignment(cfg: AlignConfig) -> dict:
         raise ConfigError(f"align: heldout_fraction {cfg.heldout_fraction} leaves no training image of {len(keep)}")
 
     projector = model.projector.float().train()
+    if isinstance(projector, WordPositions):  # its fixed position term is part of every token
+        table_of = lambda rows: table[rows] + projector.position  # noqa: E731
+    else:
+        table_of = lambda rows: table[rows]  # noqa: E731
     torch.manual_seed(cfg.seed)
     for module in projector.modules():
         if hasattr(module, "reset_parameters"):
@@ -269,7 +254,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
     losses = []
     for step in bar:
         pick = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-        loss = align_loss(projector(feats[pick]), table[ids[pick]], cfg.cosine_weight)
+        loss = align_loss(projector(feats[pick]), table_of(ids[pick]), cfg.cosine_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
