@@ -31,7 +31,8 @@ import torch
 from llavakit.data.processor import IGNORE_INDEX, place_image, to_messages
 from llavakit.eval import synth
 from llavakit.model import load_model
-from llavakit.train.align import build_align_config, cell_words, position_table, read_instances, word_table
+from llavakit.model.projector import cell_region_words, word_table
+from llavakit.train.align import build_align_config, cell_words, read_instances
 
 
 def oracle_ids(cfg, scenes: Path, grid: int, mode: str, size: int) -> dict[str, list[tuple[str, ...]]]:
@@ -53,7 +54,7 @@ def main() -> int:
     ap.add_argument("--position", type=float, default=0.0,
                     help="add this times each cell's region-word embedding (top/middle/bottom + left/center/right)")
     ap.add_argument("overrides", nargs="*", help="align settings for the oracle targets (words=..., cells=...)")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -67,7 +68,7 @@ def main() -> int:
     index = {k: i for i, k in enumerate(keys)}
     emb = model.language_model.get_input_embeddings().weight.detach()
     table = word_table(keys, tok, emb)
-    where = args.position * position_table(grid, tok, emb)  # (N, D), zero unless --position
+    where = args.position * word_table(cell_region_words(grid), tok, emb)  # (N, D), zero unless --position
 
     def tokens(names: list[str], cells: dict, blind: bool = False) -> torch.Tensor:
         bg = index[(cfg.background,)]

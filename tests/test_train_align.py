@@ -123,43 +123,49 @@ def test_align_verb(scenes, tmp_path, capsys):
     assert "image_folder" in capsys.readouterr().err
 
 
-def test_word_positions_add_the_cells_region_words_and_travel_with_the_artifact(scenes, tmp_path):
-    from llavakit.model import load_model
-    from llavakit.model.checkpoint import save_projector
+def test_grid_position_gives_the_projector_each_tokens_cell_and_travels_with_checkpoints(scenes, tmp_path):
+    from llavakit.model import load_model, save_pretrained
+    from llavakit.model.checkpoint import load_projector, save_projector
     from llavakit.model.llava import LlavaModel
     from llavakit.model.presets import get_preset
-    from llavakit.model.projector import WordPositions, cell_region_words
+    from llavakit.model.projector import GridCoded, cell_region_words
 
     assert cell_region_words(3) == [("top", "left"), ("top", "center"), ("top", "right"), ("middle", "left"),
                                     ("middle", "center"), ("middle", "right"), ("bottom", "left"),
                                     ("bottom", "center"), ("bottom", "right")]
     plain = load_model("tiny-random")
     cfg = get_preset("tiny-random")
-    cfg.projector.position = "words"
+    cfg.projector.position = "grid"
     model = LlavaModel(cfg, plain.vision_tower, plain.language_model, plain.tokenizer)
-    assert isinstance(model.projector, WordPositions) and not model.projector.position.requires_grad
-    emb = plain.language_model.get_input_embeddings().weight.detach()
+    proj = model.projector
     grid = int(plain.num_image_tokens ** 0.5)
-    top_left = word_table([("top", "left")], plain.tokenizer, emb)[0]
-    assert torch.allclose(model.projector.position[0], top_left)
-    feats = torch.randn(2, plain.num_image_tokens, plain.vision_tower.hidden_size)
+    assert isinstance(proj, GridCoded) and proj.code.shape == (grid * grid, 2 * grid)
+    t = 2 * grid + 1  # row 2, column 1
+    assert proj.code[t].nonzero().flatten().tolist() == [2, grid + 1]
+    # the same features in two cells give two tokens; without the code they would be equal
+    feats = torch.randn(1, 1, plain.vision_tower.hidden_size).expand(1, grid * grid, -1)
     with torch.no_grad():
-        assert torch.allclose(model.projector(feats) - model.projector.inner(feats), model.projector.position.expand(2, -1, -1),
-                              atol=1e-6)
-    assert grid * grid == plain.num_image_tokens
-    # alignment regresses content + position; the artifact refuses a projector without positions
+        out = proj(feats)
+    assert not torch.allclose(out[0, 0], out[0, t])
+    assert "code" not in proj.state_dict()  # derived from the grid, not saved
+    # a projector without the grid code does not load onto one with it (and back), naming the key
     result = run_alignment(_cfg(scenes, tmp_path, model="tiny-random"))
-    from llavakit.model.checkpoint import load_projector
-
     with pytest.raises(ConfigError, match="position"):
         load_projector(model, result["projector"])
     save_projector(model, tmp_path / "pos")
     again = LlavaModel(cfg, plain.vision_tower, plain.language_model, plain.tokenizer)
     load_projector(again, tmp_path / "pos")
-    assert torch.equal(again.projector.position, model.projector.position)
-    from llavakit.model import save_pretrained
-
-    save_pretrained(model, tmp_path / "ckpt")  # a checkpoint rebuilds the wrapper and its table
+    with torch.no_grad():
+        assert torch.equal(again.projector(feats), out)
+    save_pretrained(model, tmp_path / "ckpt")
     reloaded = load_model(str(tmp_path / "ckpt"))
-    assert isinstance(reloaded.projector, WordPositions)
-    assert torch.equal(reloaded.projector.position, model.projector.position)
+    assert isinstance(reloaded.projector, GridCoded)
+    with torch.no_grad():
+        assert torch.equal(reloaded.projector(feats), out)
+
+
+def test_position_words_name_the_region_of_object_cells_only():
+    image = {"id": 0, "width": 90, "height": 90}
+    anns = [{"category_id": 1, "bbox": [0, 0, 30, 30], "color": "red"}]
+    cells = cell_words(image, anns, NAMES, AlignConfig(position_words=True), 3, "pad", 224)
+    assert cells[0] == ("red", "circle", "top", "left") and cells[1:] == [("background",)] * 8

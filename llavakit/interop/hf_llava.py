@@ -43,7 +43,7 @@ def _check_exportable(model: LlavaModel) -> None:
         )
     if model.config.projector.position != "none":
         raise LlavakitError(
-            f"projector.position={model.config.projector.position!r} (a fixed per-cell term after the projector) "
+            f"projector.position={model.config.projector.position!r} (the projector also reads each token's grid cell) "
             "has no transformers Llava equivalent"
         )
 

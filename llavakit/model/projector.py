@@ -3,12 +3,11 @@
 - ``linear``: one linear layer (LLaVA, the paper),
 - ``mlp{N}x_gelu``: N linear layers with GELU between them (``mlp2x_gelu`` is LLaVA-1.5's).
 
-``position="words"`` (the ``nano`` preset) adds to each output token a fixed signal the LM can
-read: the mean of its own input embeddings of the cell's region words ("top"/"middle"/"bottom",
-"left"/"center"/"right"). A per-token projector cannot know where its cell is (a CNN's features
-are translation-equivariant away from the border), and a small LM tuned on a few hundred samples
-does not learn to map token index to "top left"; with the words in the token it only has to read.
-The table is a buffer (saved in the artifact, never trained).
+``position="grid"`` gives the projector each token's grid cell as well (its row and column as
+one-hots concatenated to the features): a per-token projector otherwise cannot know where its cell
+is (a CNN's features are translation-equivariant away from the border), so it cannot say "top
+left" for an object there. Token-level alignment (``llavakit align position_words=true``) teaches it
+to name an object cell's region; background cells stay "background".
 """
 
 from __future__ import annotations
@@ -42,7 +41,7 @@ def projector_names() -> list[str]:
     return ["linear", "mlp{N}x_gelu"]
 
 
-POSITIONS = ("none", "words")
+POSITIONS = ("none", "grid")
 
 
 def word_table(keys, tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
@@ -67,26 +66,29 @@ def cell_region_words(grid: int) -> list[tuple[str, str]]:
             for r in range(grid) for c in range(grid)]
 
 
-class WordPositions(nn.Module):
-    """``inner(x) + position``: a projector plus each cell's region-word embedding (fixed)."""
+class GridCoded(nn.Module):
+    """``inner(concat(x, code))``: each token's features with its cell's row and column one-hots."""
 
-    def __init__(self, inner: nn.Module, position: torch.Tensor):
+    def __init__(self, inner: nn.Module, grid: int):
         super().__init__()
         self.inner = inner
-        self.register_buffer("position", position.detach().clone())
+        self.grid = grid
+        eye = torch.eye(grid)
+        code = torch.cat([eye.repeat_interleave(grid, 0), eye.repeat(grid, 1)], dim=1)  # token r*grid+c: e_r, e_c
+        self.register_buffer("code", code, persistent=False)  # a function of the grid: not saved
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.inner(x)
-        return out + self.position.to(out.dtype)
+        code = self.code.to(device=x.device, dtype=x.dtype).expand(x.shape[0], -1, -1)
+        return self.inner(torch.cat([x, code], dim=-1))
 
 
-def add_positions(projector: nn.Module, position: str, num_tokens: int, tokenizer, embeddings) -> nn.Module:
-    """Wrap ``projector`` for ``position`` (``none``: unchanged); the grid must be square."""
+def build_connector(kind: str, position: str, in_dim: int, out_dim: int, num_tokens: int) -> nn.Module:
+    """The projector ``kind``; with ``position="grid"`` its input also gets each token's grid cell."""
     if position not in POSITIONS:
         raise ConfigError(f"projector.position {position!r} is not one of {', '.join(POSITIONS)}")
     if position == "none":
-        return projector
+        return build_projector(kind, in_dim, out_dim)
     grid = math.isqrt(num_tokens)
     if grid * grid != num_tokens:
-        raise ConfigError(f"projector.position=words needs a square grid of image tokens, not {num_tokens}")
-    return WordPositions(projector, word_table(cell_region_words(grid), tokenizer, embeddings.detach()))
+        raise ConfigError(f"projector.position=grid needs a square grid of image tokens, not {num_tokens}")
+    return GridCoded(build_projector(kind, in_dim + 2 * grid, out_dim), grid)

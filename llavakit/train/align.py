@@ -13,8 +13,9 @@ alone learns (docs/training.md). Stage 1 and 2 start from the artifact: ``projec
 Why written here: no library offers dense word-embedding regression of a connector; the loop is
 20 lines of torch and the rest is the mapping from boxes to the tower's grid (per image mode).
 
-``cells=center`` names an object only in the cell holding its box centre (other cells it covers
-are background), so that one object is one named token — for counting.
+``cells=core`` names the cells whose centre lies in the central half of the box (a box's corners
+are often background: circles, stars, triangles) and always the cell nearest the box centre (a small
+object is never lost); ``cells=center`` only that one cell (one named token per object).
 
 Rerunning with the same settings skips a finished run (``align.json`` is written last); an
 interrupted run starts again from the beginning (it is short).
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 
 from llavakit.config import from_dict, parse_override, merge, to_dict
 from llavakit.errors import ConfigError, DataError
-from llavakit.model.projector import WordPositions, cell_region_words, word_table
+from llavakit.model.projector import cell_region_words, word_table
 
 DONE = "align.json"
 
@@ -50,7 +51,8 @@ class AlignConfig:
     output_dir: str = "runs/align"
     words: list[str] = field(default_factory=lambda: ["color", "category"])  # annotation fields, in order
     background: str = "background"  # the word for cells no box covers
-    cells: Literal["cover", "center"] = "cover"  # which cells an object names (see the module docstring)
+    cells: Literal["cover", "core", "center"] = "cover"  # which cells an object names (module docstring)
+    position_words: bool = False  # object cells also name their cell's region ("top", "left", ...)
     steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
@@ -106,6 +108,14 @@ def cell_centres(width: int, height: int, grid: int, mode: str, size: int) -> li
     return out
 
 
+CORE = 0.5  # cells=core: the central half of a box (its corners are often background: circles, stars)
+
+
+def _shrink(bbox, keep: float):
+    x, y, w, h = bbox
+    return (x + w * (1 - keep) / 2, y + h * (1 - keep) / 2, w * keep, h * keep)
+
+
 def _inside(point: tuple[float, float], bbox) -> bool:
     x, y, w, h = bbox
     return x <= point[0] < x + w and y <= point[1] < y + h
@@ -122,16 +132,21 @@ def cell_words(image: dict, anns: list[dict], names: dict[int, str], cfg: AlignC
         objects.append((float(a["bbox"][2]) * float(a["bbox"][3]), a["bbox"], words))
     objects.sort(key=lambda o: o[0])  # the smallest box covering a point is the one in front
     cells: list[tuple[str, ...]] = [(cfg.background,)] * len(centres)
-    if cfg.cells == "center":
+    if cfg.cells != "center":
+        keep = 1.0 if cfg.cells == "cover" else CORE
+        boxes = [(_shrink(bbox, keep), words) for _, bbox, words in objects]
+        for i, p in enumerate(centres):
+            hit = next((words for bbox, words in boxes if _inside(p, bbox)), None)
+            if hit:
+                cells[i] = hit
+    if cfg.cells != "cover":  # every object names at least the cell nearest its box centre
         for _, (x, y, w, h), words in reversed(objects):  # smaller objects overwrite larger ones
             cx, cy = x + w / 2, y + h / 2
             nearest = min(range(len(centres)), key=lambda i: (centres[i][0] - cx) ** 2 + (centres[i][1] - cy) ** 2)
             cells[nearest] = words
-        return cells
-    for i, p in enumerate(centres):
-        hit = next((words for _, bbox, words in objects if _inside(p, bbox)), None)
-        if hit:
-            cells[i] = hit
+    if cfg.position_words:
+        regions = cell_region_words(grid)
+        cells = [c if c == (cfg.background,) else (*c, *regions[i]) for i, c in enumerate(cells)]
     return cells
 
 
@@ -163,11 +178,6 @@ def read_instances(cfg: AlignConfig) -> tuple[list[dict], dict[int, list[dict]],
 
 # --- targets: the LM's own embeddings of the words --------------------------------------------------
 
-def position_table(grid: int, tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
-    """``(grid*grid, D)``: each cell's region words as one mean embedding (a readable position signal)."""
-    return word_table(cell_region_words(grid), tokenizer, embeddings)
-
-
 def align_loss(out: torch.Tensor, target: torch.Tensor, cosine_weight: float) -> torch.Tensor:
     mse = F.mse_loss(out, target)
     return mse + cosine_weight * (1 - F.cosine_similarity(out, target, dim=-1)).mean()
@@ -175,9 +185,8 @@ def align_loss(out: torch.Tensor, target: torch.Tensor, cosine_weight: float) ->
 
 @torch.no_grad()
 def cell_accuracy(projector, feats: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, background: int) -> dict:
-    """Share of cells whose output is nearest (cosine) to its own target row, objects and background apart
-    (the content part: without a fixed position term)."""
-    out = (projector.inner if isinstance(projector, WordPositions) else projector)(feats).float()
+    """Share of cells whose output is nearest (cosine) to its own target row, objects and background apart."""
+    out = projector(feats).float()
     sims = F.normalize(out, dim=-1) @ F.normalize(table, dim=-1).T
     right = sims.argmax(-1) == ids
     obj = ids != background
@@ -236,10 +245,6 @@ def run_alignment(cfg: AlignConfig) -> dict:
         raise ConfigError(f"align: heldout_fraction {cfg.heldout_fraction} leaves no training image of {len(keep)}")
 
     projector = model.projector.float().train()
-    if isinstance(projector, WordPositions):  # its fixed position term is part of every token
-        table_of = lambda rows: table[rows] + projector.position  # noqa: E731
-    else:
-        table_of = lambda rows: table[rows]  # noqa: E731
     torch.manual_seed(cfg.seed)
     for module in projector.modules():
         if hasattr(module, "reset_parameters"):
@@ -254,7 +259,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
     losses = []
     for step in bar:
         pick = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-        loss = align_loss(projector(feats[pick]), table_of(ids[pick]), cfg.cosine_weight)
+        loss = align_loss(projector(feats[pick]), table[ids[pick]], cfg.cosine_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
