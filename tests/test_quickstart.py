@@ -45,6 +45,8 @@ def test_quickstart_tiny_end_to_end_then_resumes(tmp_path, cache_dir, capsys):
     train_images = str((out / "scenes" / "train" / "images").resolve())
     assert trained["stage"] == 2 and trained["image_folder"] == train_images
     assert trained["from"][0]["stage"] == 1 and trained["from"][0]["image_folder"] == train_images
+    aligned = trained["from"][0]["from"][0]  # stage 1 started from the align step's projector
+    assert aligned["stage"] == "align" and aligned["image_folder"] == train_images
     assert ev["synth"]["warnings"] == [] and ev["pope"]["warnings"] == []
 
     # a rerun skips every finished step (the report is rewritten) and keeps the results

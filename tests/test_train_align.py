@@ -81,6 +81,8 @@ def test_alignment_learns_the_targets_and_writes_a_projector_stage1_loads(scenes
     assert result["final_loss"] < result["loss_every_50"][0]  # the regression learns
     assert "background" in result["targets"] and any(" " in t for t in result["targets"])  # "colour shape"
     assert result["cell_accuracy"]["object_cell_count"] > 0
+    prov = json.loads((tmp_path / "align" / "projector" / "training.json").read_text(encoding="utf-8"))
+    assert prov["stage"] == "align" and prov["image_folder"] == str((scenes / "images").resolve())
     # the artifact is a stage-1/2 projector: it loads onto the model and differs from a fresh init
     fresh = load_model("tiny-random")
     aligned = load_model("tiny-random", projector=result["projector"])

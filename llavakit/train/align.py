@@ -287,6 +287,9 @@ def run_alignment(cfg: AlignConfig) -> dict:
         "projector": str(out / "projector"),
     }
     save_projector(model, out / "projector")
+    write_json(out / "projector" / "training.json", {  # provenance: evaluations tell held-out images apart
+        "stage": "align", "data": str(Path(cfg.instances).resolve()),
+        "image_folder": str(Path(cfg.image_folder).resolve()), "from": []}, indent=2)
     write_json(done, result, indent=2)  # last: marks the run finished
     return result
 

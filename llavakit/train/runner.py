@@ -385,7 +385,7 @@ def write_provenance(cfg: TrainConfig, target: Path) -> None:
     def absolute(p):
         return str(Path(p).resolve()) if p else None
 
-    base = cfg.projector if cfg.stage == 2 else cfg.model
+    base = cfg.projector or cfg.model  # what this run started from (an aligned projector, a checkpoint)
     earlier = []
     if base and base != FRESH_PROJECTOR:
         base_dir = Path(base) if Path(base).is_dir() else Path(base).parent
