@@ -1,7 +1,8 @@
 """Where grounding is bounded: the LM side with ideal image tokens ("oracle"), at the quickstart's budget.
 
     python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/oracle
-    python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/oracle-size words=[size,color,category]
+    python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/oracle_pos --position 1.0
+    python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/oracle_objpos --position-words
 
 ``oracle`` replaces the projected image tokens by the targets of ``llavakit align`` computed from
 the annotations (per grid cell the mean of the LM's embeddings of its object's words, background
@@ -31,15 +32,31 @@ import torch
 from llavakit.data.processor import IGNORE_INDEX, place_image, to_messages
 from llavakit.eval import synth
 from llavakit.model import load_model
-from llavakit.model.projector import cell_region_words, word_table
-from llavakit.train.align import build_align_config, cell_words, read_instances
+from llavakit.train.align import build_align_config, cell_words, read_instances, word_table
 
 
-def oracle_ids(cfg, scenes: Path, grid: int, mode: str, size: int) -> dict[str, list[tuple[str, ...]]]:
-    """file name → per-cell word tuples from the split's annotations."""
+def cell_region_words(grid: int) -> list[tuple[str, str]]:
+    """Per cell (row-major) its vertical and horizontal third as words: ("top", "left"), ..."""
+    def third(t: float, names: tuple[str, str, str]) -> str:
+        return names[0] if t < 1 / 3 else names[2] if t > 2 / 3 else names[1]
+
+    return [(third((r + 0.5) / grid, ("top", "middle", "bottom")), third((c + 0.5) / grid, ("left", "center", "right")))
+            for r in range(grid) for c in range(grid)]
+
+
+def oracle_ids(cfg, scenes: Path, grid: int, mode: str, size: int,
+               position_words: bool = False) -> dict[str, list[tuple[str, ...]]]:
+    """file name → per-cell word tuples from the split's annotations (+ object cells' region words)."""
     cfg.instances, cfg.image_folder = str(scenes / "instances.json"), str(scenes / "images")
     images, by_image, names = read_instances(cfg)
-    return {im["file_name"]: cell_words(im, by_image[int(im["id"])], names, cfg, grid, mode, size) for im in images}
+    regions = cell_region_words(grid)
+    out = {}
+    for im in images:
+        cells = cell_words(im, by_image[int(im["id"])], names, cfg, grid, mode, size)
+        if position_words:
+            cells = [c if c == (cfg.background,) else (*c, *regions[i]) for i, c in enumerate(cells)]
+        out[im["file_name"]] = cells
+    return out
 
 
 def main() -> int:
@@ -51,9 +68,11 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--per-category", type=int, default=30)
+    ap.add_argument("--position-words", action="store_true",
+                    help="object cells also name their cell's region words (mean of colour, shape, vertical, horizontal)")
     ap.add_argument("--position", type=float, default=0.0,
                     help="add this times each cell's region-word embedding (top/middle/bottom + left/center/right)")
-    ap.add_argument("overrides", nargs="*", help="align settings for the oracle targets (words=..., cells=...)")
+    ap.add_argument("overrides", nargs="*", help="align settings for the oracle targets (e.g. words=[size,color,category])")
     args = ap.parse_intermixed_args()
     run, out = Path(args.run), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,8 +81,8 @@ def main() -> int:
     cfg = build_align_config({}, args.overrides)
     tower, tok = model.vision_tower, model.tokenizer
     grid = int(tower.num_tokens ** 0.5)
-    train_cells = oracle_ids(cfg, run / "scenes" / "train", grid, tower.config.image_mode, tower.image_size)
-    held_cells = oracle_ids(cfg, run / "scenes" / "heldout", grid, tower.config.image_mode, tower.image_size)
+    train_cells, held_cells = (oracle_ids(cfg, run / "scenes" / split, grid, tower.config.image_mode, tower.image_size,
+                                          args.position_words) for split in ("train", "heldout"))
     keys = sorted({k for cells in (*train_cells.values(), *held_cells.values()) for k in cells} | {(cfg.background,)})
     index = {k: i for i, k in enumerate(keys)}
     emb = model.language_model.get_input_embeddings().weight.detach()
@@ -112,7 +131,7 @@ def main() -> int:
 
     facts, folder = synth.load_scenes(run / "scenes" / "heldout")
     questions = synth.make_questions(facts, folder.name, args.per_category, 0)
-    result = {"arm": args.arm, "align": vars(cfg), "position": args.position, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    result = {"arm": args.arm, "align": vars(cfg), "position": args.position, "position_words": args.position_words, "steps": args.steps, "batch": args.batch, "lr": args.lr,
               "train_seconds": round(train_s, 1), "final_loss": losses[-1], "conditions": {}}
     for blind in (False, True):
         answers = {}

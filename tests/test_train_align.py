@@ -9,13 +9,13 @@ import torch
 
 from llavakit.cli import main
 from llavakit.errors import ConfigError, DataError
-from llavakit.model.projector import word_table
 from llavakit.train.align import (
     AlignConfig,
     build_align_config,
     cell_centres,
     cell_words,
     run_alignment,
+    word_table,
 )
 
 NAMES = {1: "circle", 2: "square"}
@@ -41,9 +41,6 @@ def test_cell_words_name_the_front_object_or_background():
         ("red", "circle"), ("blue", "square"), ("background",), ("background",)]
     sized = AlignConfig(words=["category"], background="nothing")
     assert cell_words(image, anns, NAMES, sized, 2, "pad", 224)[1:] == [("square",), ("nothing",), ("nothing",)]
-    # center: one cell per object, at its box centre (the square's centre (50, 25) is nearest cell 0 or 1)
-    centre = cell_words(image, [anns[0]], NAMES, AlignConfig(cells="center"), 4, "pad", 224)
-    assert sum(c != ("background",) for c in centre) == 1
 
 
 def test_word_table_is_the_mean_of_the_words_embeddings(tiny_model):
@@ -91,7 +88,7 @@ def test_alignment_learns_the_targets_and_writes_a_projector_stage1_loads(scenes
     # a rerun with the same settings is skipped; other settings in the same place are refused
     assert run_alignment(_cfg(scenes, tmp_path)) == result
     with pytest.raises(ConfigError, match="other settings"):
-        run_alignment(_cfg(scenes, tmp_path, cells="center"))
+        run_alignment(_cfg(scenes, tmp_path, background="nothing"))
 
 
 def test_alignment_refuses_bad_settings_before_loading_a_model(scenes, tmp_path):
@@ -103,8 +100,8 @@ def test_alignment_refuses_bad_settings_before_loading_a_model(scenes, tmp_path)
             run_alignment(_cfg(scenes, tmp_path, **bad))
     with pytest.raises(ConfigError, match=r"words \['shade'\].*fields"):
         run_alignment(_cfg(scenes, tmp_path, words=["shade", "category"]))
-    with pytest.raises(ConfigError, match="cells"):
-        build_align_config({}, ["cells=everywhere"])
+    with pytest.raises(ConfigError, match="steps"):
+        build_align_config({}, ["steps=many"])
     broken = tmp_path / "broken.json"
     data = json.loads((scenes / "instances.json").read_text(encoding="utf-8"))
     data["annotations"][0]["bbox"] = [0, 0, float("nan"), 4]
@@ -123,51 +120,3 @@ def test_align_verb(scenes, tmp_path, capsys):
     assert main(["align", "--instances", str(scenes / "instances.json"), "--image-folder", str(tmp_path / "none"),
                  "--out", str(out)]) == 2
     assert "image_folder" in capsys.readouterr().err
-
-
-def test_grid_position_gives_the_projector_each_tokens_cell_and_travels_with_checkpoints(scenes, tmp_path):
-    from llavakit.model import load_model, save_pretrained
-    from llavakit.model.checkpoint import load_projector, save_projector
-    from llavakit.model.llava import LlavaModel
-    from llavakit.model.presets import get_preset
-    from llavakit.model.projector import GridCoded, cell_region_words
-
-    assert cell_region_words(3) == [("top", "left"), ("top", "center"), ("top", "right"), ("middle", "left"),
-                                    ("middle", "center"), ("middle", "right"), ("bottom", "left"),
-                                    ("bottom", "center"), ("bottom", "right")]
-    plain = load_model("tiny-random")
-    cfg = get_preset("tiny-random")
-    cfg.projector.position = "grid"
-    model = LlavaModel(cfg, plain.vision_tower, plain.language_model, plain.tokenizer)
-    proj = model.projector
-    grid = int(plain.num_image_tokens ** 0.5)
-    assert isinstance(proj, GridCoded) and proj.code.shape == (grid * grid, 2 * grid)
-    t = 2 * grid + 1  # row 2, column 1
-    assert proj.code[t].nonzero().flatten().tolist() == [2, grid + 1]
-    # the same features in two cells give two tokens; without the code they would be equal
-    feats = torch.randn(1, 1, plain.vision_tower.hidden_size).expand(1, grid * grid, -1)
-    with torch.no_grad():
-        out = proj(feats)
-    assert not torch.allclose(out[0, 0], out[0, t])
-    assert "code" not in proj.state_dict()  # derived from the grid, not saved
-    # a projector without the grid code does not load onto one with it (and back), naming the key
-    result = run_alignment(_cfg(scenes, tmp_path, model="tiny-random"))
-    with pytest.raises(ConfigError, match="position"):
-        load_projector(model, result["projector"])
-    save_projector(model, tmp_path / "pos")
-    again = LlavaModel(cfg, plain.vision_tower, plain.language_model, plain.tokenizer)
-    load_projector(again, tmp_path / "pos")
-    with torch.no_grad():
-        assert torch.equal(again.projector(feats), out)
-    save_pretrained(model, tmp_path / "ckpt")
-    reloaded = load_model(str(tmp_path / "ckpt"))
-    assert isinstance(reloaded.projector, GridCoded)
-    with torch.no_grad():
-        assert torch.equal(reloaded.projector(feats), out)
-
-
-def test_position_words_name_the_region_of_object_cells_only():
-    image = {"id": 0, "width": 90, "height": 90}
-    anns = [{"category_id": 1, "bbox": [0, 0, 30, 30], "color": "red"}]
-    cells = cell_words(image, anns, NAMES, AlignConfig(position_words=True), 3, "pad", 224)
-    assert cells[0] == ("red", "circle", "top", "left") and cells[1:] == [("background",)] * 8

@@ -41,11 +41,6 @@ def _check_exportable(model: LlavaModel) -> None:
         raise LlavakitError(
             f"projector {model.config.projector.kind!r} has no transformers Llava equivalent (linear or mlp2x_gelu)"
         )
-    if model.config.projector.position != "none":
-        raise LlavakitError(
-            f"projector.position={model.config.projector.position!r} (the projector also reads each token's grid cell) "
-            "has no transformers Llava equivalent"
-        )
 
 
 def _projector_state(model: LlavaModel) -> tuple[dict, str]:

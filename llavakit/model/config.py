@@ -26,7 +26,6 @@ class ProjectorConfig:
     """``kind`` is ``linear`` or ``mlp{N}x_gelu`` (see :mod:`llavakit.model.projector`)."""
 
     kind: str = "mlp2x_gelu"
-    position: Literal["none", "grid"] = "none"  # "grid": the projector also reads each token's grid cell (llavakit.model.projector)
 
 
 @dataclass

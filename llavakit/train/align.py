@@ -13,10 +13,6 @@ alone learns (docs/training.md). Stage 1 and 2 start from the artifact: ``projec
 Why written here: no library offers dense word-embedding regression of a connector; the loop is
 20 lines of torch and the rest is the mapping from boxes to the tower's grid (per image mode).
 
-``cells=core`` names the cells whose centre lies in the central half of the box (a box's corners
-are often background: circles, stars, triangles) and always the cell nearest the box centre (a small
-object is never lost); ``cells=center`` only that one cell (one named token per object).
-
 Rerunning with the same settings skips a finished run (``align.json`` is written last); an
 interrupted run starts again from the beginning (it is short).
 """
@@ -31,14 +27,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
 from llavakit.config import from_dict, parse_override, merge, to_dict
 from llavakit.errors import ConfigError, DataError
-from llavakit.model.projector import cell_region_words, word_table
 
 DONE = "align.json"
 
@@ -51,8 +45,6 @@ class AlignConfig:
     output_dir: str = "runs/align"
     words: list[str] = field(default_factory=lambda: ["color", "category"])  # annotation fields, in order
     background: str = "background"  # the word for cells no box covers
-    cells: Literal["cover", "core", "center"] = "cover"  # which cells an object names (module docstring)
-    position_words: bool = False  # object cells also name their cell's region ("top", "left", ...)
     steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
@@ -108,14 +100,6 @@ def cell_centres(width: int, height: int, grid: int, mode: str, size: int) -> li
     return out
 
 
-CORE = 0.5  # cells=core: the central half of a box (its corners are often background: circles, stars)
-
-
-def _shrink(bbox, keep: float):
-    x, y, w, h = bbox
-    return (x + w * (1 - keep) / 2, y + h * (1 - keep) / 2, w * keep, h * keep)
-
-
 def _inside(point: tuple[float, float], bbox) -> bool:
     x, y, w, h = bbox
     return x <= point[0] < x + w and y <= point[1] < y + h
@@ -132,21 +116,10 @@ def cell_words(image: dict, anns: list[dict], names: dict[int, str], cfg: AlignC
         objects.append((float(a["bbox"][2]) * float(a["bbox"][3]), a["bbox"], words))
     objects.sort(key=lambda o: o[0])  # the smallest box covering a point is the one in front
     cells: list[tuple[str, ...]] = [(cfg.background,)] * len(centres)
-    if cfg.cells != "center":
-        keep = 1.0 if cfg.cells == "cover" else CORE
-        boxes = [(_shrink(bbox, keep), words) for _, bbox, words in objects]
-        for i, p in enumerate(centres):
-            hit = next((words for bbox, words in boxes if _inside(p, bbox)), None)
-            if hit:
-                cells[i] = hit
-    if cfg.cells != "cover":  # every object names at least the cell nearest its box centre
-        for _, (x, y, w, h), words in reversed(objects):  # smaller objects overwrite larger ones
-            cx, cy = x + w / 2, y + h / 2
-            nearest = min(range(len(centres)), key=lambda i: (centres[i][0] - cx) ** 2 + (centres[i][1] - cy) ** 2)
-            cells[nearest] = words
-    if cfg.position_words:
-        regions = cell_region_words(grid)
-        cells = [c if c == (cfg.background,) else (*c, *regions[i]) for i, c in enumerate(cells)]
+    for i, p in enumerate(centres):
+        hit = next((words for _, bbox, words in objects if _inside(p, bbox)), None)
+        if hit:
+            cells[i] = hit
     return cells
 
 
@@ -177,6 +150,19 @@ def read_instances(cfg: AlignConfig) -> tuple[list[dict], dict[int, list[dict]],
 
 
 # --- targets: the LM's own embeddings of the words --------------------------------------------------
+
+def word_table(keys, tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
+    """``(len(keys), D)``: per key (a tuple of words) the mean over its words of the mean embedding
+    of the word's tokens (each word tokenized with a leading space, as inside a sentence)."""
+    rows = []
+    for key in keys:
+        vecs = []
+        for word in key:
+            ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+            vecs.append(embeddings[ids].float().mean(0))
+        rows.append(torch.stack(vecs).mean(0))
+    return torch.stack(rows)
+
 
 def align_loss(out: torch.Tensor, target: torch.Tensor, cosine_weight: float) -> torch.Tensor:
     mse = F.mse_loss(out, target)
@@ -308,7 +294,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="AlignConfig fields, e.g. model=nano (default) steps=1500 "
-                             "words=[size,color,category] cells=center")
+                             "words=[size,color,category]")
 
 
 def run(args: argparse.Namespace) -> int:
