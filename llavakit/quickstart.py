@@ -55,7 +55,7 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "nano": Budget(
         model="nano",
-        train_scenes=1000,
+        train_scenes=4000,  # all for the align step (1,000 held-out cell accuracy 46.4%, 4,000: 55.1%)
         heldout_scenes=150,
         captions=1000,
         types="vqa",

@@ -33,7 +33,7 @@ def test_quickstart_tiny_end_to_end_then_resumes(tmp_path, cache_dir, capsys):
     for png in ("loss_curves.png", "accuracy.png", "examples.png"):
         assert (out / "report" / png).stat().st_size > 1000, png
     ev = json.loads((out / "steps" / "eval.json").read_text(encoding="utf-8"))
-    assert set(ev["synth"]["conditions"]) == {"image", "blind"}
+    assert set(ev["synth"]["conditions"]) == {"image", "blind", "paraphrased"}
     stage2 = json.loads((out / "steps" / "stage2.json").read_text(encoding="utf-8"))
     assert stage2["steps"] > 0 and stage2["final_loss"] is not None
 
