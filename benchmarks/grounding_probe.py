@@ -97,7 +97,10 @@ def main() -> int:
     model.projector = torch.nn.Identity()  # image_features are the oracle tokens themselves
     lm = model.language_model.float().train()
     lm.requires_grad_(True)
-    records = json.loads((run / "data" / "instruct.json").read_text(encoding="utf-8"))
+    records = json.loads((run / "data" / "instruct.json").read_text(encoding="utf-8"))  # used in file order
+    if args.steps * args.batch > len(records):
+        raise SystemExit(f"--steps {args.steps} x --batch {args.batch} needs more than the {len(records)} records "
+                         f"of {run / 'data' / 'instruct.json'}")
     from transformers import get_scheduler
 
     from llavakit.train.runner import cpu_has_bf16

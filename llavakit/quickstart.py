@@ -5,7 +5,7 @@ Steps (each resumable; a rerun skips finished steps and continues an interrupted
 1. ``scenes``  — synthetic annotated scenes: a training split and a held-out split (disjoint seed),
 2. ``data``    — the stage-1 caption set and the instruction set (template teacher, or an LLM),
    ``align``   — token-level projector alignment from the scenes' boxes (``llavakit align``), when
-                 the budget asks for it (``nano``): stage 1 starts from its projector,
+                 the budget asks for it (``nano``, ``tiny``): stage 1 starts from its projector,
 3. ``stage1``  — feature alignment: only the projector trains, on captions,
 4. ``stage2``  — visual instruction tuning: projector + LLM,
 5. ``eval``    — ``eval synth`` (+ blind) and ``eval pope`` on the held-out split,

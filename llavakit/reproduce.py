@@ -57,13 +57,15 @@ class Ablation:
 
 ABLATIONS: dict[str, Ablation] = {
     "nano": Ablation(
-        base=replace(BUDGETS["nano"], types="vqa,conversation,detail,reasoning", per_category=30, pope_images=40),
+        # the paper's recipe: no align step (claim b compares stage 1 against none), 1,000 scenes
+        base=replace(BUDGETS["nano"], types="vqa,conversation,detail,reasoning", per_category=30, pope_images=40,
+                     align=None, train_scenes=1000),
         samples=320,
         stage2=["per_device_batch_size=4", "epochs=1", "optim.lr=1e-4", "optim.projector_lr=1e-3"],
         heldout_images=30,
     ),
     "tiny": Ablation(
-        base=replace(BUDGETS["tiny"], types="vqa,conversation,detail,reasoning"),
+        base=replace(BUDGETS["tiny"], types="vqa,conversation,detail,reasoning", align=None),
         samples=32,
         stage2=BUDGETS["tiny"].stage2,
         heldout_images=6,

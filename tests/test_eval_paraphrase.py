@@ -8,7 +8,7 @@ import pytest
 
 from llavakit.datagen.questions import GENERATORS, Vocab
 from llavakit.errors import LlavakitError
-from llavakit.eval.paraphrase import matches_template, paraphrase
+from llavakit.eval.paraphrase import matches_template, paraphrase, parse
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,10 @@ def test_every_generated_question_is_reworded_keeping_its_referents(facts):
                 if qa is None:
                     continue
                 assert matches_template(qa.question), qa.question
+                refs = {r for ex in (None, "color", "shape", "size") for _, r in f.referable(exclude=ex)}
+                for key, value in parse(qa.question).items():  # the rule took the right referent
+                    if key in ("ref", "a", "b"):
+                        assert value in refs, (qa.question, key, value)
                 text = paraphrase(qa.question + "\nAnswer briefly.", f"{image_id}/{k}")
                 first, _, rest = text.partition("\n")
                 assert rest == "Answer briefly."

@@ -85,8 +85,11 @@ def test_alignment_learns_the_targets_and_writes_a_projector_stage1_loads(scenes
     aligned = load_model("tiny-random", projector=result["projector"])
     a = dict(aligned.projector.named_parameters())
     assert any(not torch.equal(p, a[n]) for n, p in fresh.projector.named_parameters())
-    # a rerun with the same settings is skipped; other settings in the same place are refused
-    assert run_alignment(_cfg(scenes, tmp_path)) == result
+    # a rerun with the same settings (however the paths are spelled) is skipped; other settings are refused
+    assert run_alignment(_cfg(scenes, tmp_path, output_dir=f"{tmp_path}/./align/")) == result
+    (tmp_path / "align" / "projector" / "projector.safetensors").unlink()  # a lost artifact is made again
+    assert run_alignment(_cfg(scenes, tmp_path))["final_loss"] == result["final_loss"]
+    assert (tmp_path / "align" / "projector" / "projector.safetensors").is_file()
     with pytest.raises(ConfigError, match="other settings"):
         run_alignment(_cfg(scenes, tmp_path, background="nothing"))
 
@@ -107,6 +110,11 @@ def test_alignment_refuses_bad_settings_before_loading_a_model(scenes, tmp_path)
     data["annotations"][0]["bbox"] = [0, 0, float("nan"), 4]
     broken.write_text(json.dumps(data), encoding="utf-8")
     with pytest.raises(DataError, match="annotation .*bbox"):
+        run_alignment(_cfg(scenes, tmp_path, instances=str(broken)))
+    data = json.loads((scenes / "instances.json").read_text(encoding="utf-8"))
+    data["images"][1]["width"] = 0
+    broken.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(DataError, match=r"image .*width and height > 0"):
         run_alignment(_cfg(scenes, tmp_path, instances=str(broken)))
 
 

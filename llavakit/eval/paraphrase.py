@@ -32,8 +32,8 @@ RULES: list[tuple[list[str], list[str]]] = [
      ["Name the colour of the {ref}.", "The {ref} here: in which colour is it drawn?"]),
     ([rf"What shape is the {_REF}\?", rf"What kind of shape is the {_REF}\?", rf"Which shape does the {_REF} have\?"],
      ["Name the form of the {ref}.", "The {ref} here: which geometric figure is it?"]),
-    ([rf"Where is the {_REF}\?", rf"Where is the {_REF} located in the image\?",
-      rf"In which part of the image is the {_REF}\?", rf"Where in the picture is the {_REF}\?"],
+    ([rf"Where is the {_REF} located in the image\?", rf"In which part of the image is the {_REF}\?",
+      rf"Where in the picture is the {_REF}\?", rf"Where is the {_REF}\?"],  # the longer forms first
      ["Tell me the region of the picture that holds the {ref}.", "Point out where the {ref} sits in this picture."]),
     ([rf"Is the {_REF} on the (?P<x>left|right) or the (?P<y>left|right) side of the image\?"],
      ["Looking at the picture, does the {ref} sit toward the {x} or toward the {y}?"]),
@@ -59,6 +59,16 @@ _COMPILED = [([re.compile(f"^{p}$") for p in forms], outs) for forms, outs in RU
 def matches_template(question: str) -> bool:
     """Whether ``question`` (without the answer-format line) has one of the training forms."""
     return any(p.match(question) for pats, _ in _COMPILED for p in pats)
+
+
+def parse(question: str) -> dict | None:
+    """The referents a template form holds (``ref``, ``a``, ``b``, ``pl``, ...), or None."""
+    for pats, _ in _COMPILED:
+        for p in pats:
+            m = p.match(question)
+            if m:
+                return m.groupdict()
+    return None
 
 
 def paraphrase(question: str, seed: str) -> str:

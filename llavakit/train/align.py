@@ -131,6 +131,11 @@ def read_instances(cfg: AlignConfig) -> tuple[list[dict], dict[int, list[dict]],
     try:
         names = {int(c["id"]): str(c["name"]) for c in data["categories"]}
         images = list(data["images"])
+        for im in images:
+            name, w, h = im.get("file_name"), im.get("width"), im.get("height")
+            if not isinstance(name, str) or not name or not all(isinstance(v, (int, float)) and v > 0 for v in (w, h)):
+                raise DataError(f"{cfg.instances}: image {im.get('id')}: needs a file_name and a width and height > 0 "
+                                f"(got {name!r}, {w!r}, {h!r})")
         by_image: dict[int, list[dict]] = {int(im["id"]): [] for im in images}
         for a in data["annotations"]:
             box = [float(v) for v in a["bbox"]]
@@ -170,19 +175,36 @@ def align_loss(out: torch.Tensor, target: torch.Tensor, cosine_weight: float) ->
 
 
 @torch.no_grad()
-def cell_accuracy(projector, feats: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, background: int) -> dict:
-    """Share of cells whose output is nearest (cosine) to its own target row, objects and background apart."""
-    out = projector(feats).float()
-    sims = F.normalize(out, dim=-1) @ F.normalize(table, dim=-1).T
-    right = sims.argmax(-1) == ids
-    obj = ids != background
-    return {"object_cells": round(float(right[obj].float().mean()) * 100, 1) if obj.any() else None,
-            "background_cells": round(float(right[~obj].float().mean()) * 100, 1) if (~obj).any() else None,
-            "object_cell_count": int(obj.sum())}
+def evaluate_cells(projector, features, rows: torch.Tensor, ids: torch.Tensor, table: torch.Tensor,
+                   background: int, chunk: int = 256) -> tuple[dict, float]:
+    """Share of cells whose output is nearest (cosine) to its own target row (objects and background
+    apart) and the mean token norm, over ``rows`` in chunks (``features(rows)`` reads the cache)."""
+    right = {True: 0, False: 0}
+    count = {True: 0, False: 0}
+    norm_sum, tokens = 0.0, 0
+    unit = F.normalize(table, dim=-1)
+    for k in range(0, len(rows), chunk):
+        part = rows[k:k + chunk]
+        out = projector(features(part)).float()
+        hit = (F.normalize(out, dim=-1) @ unit.T).argmax(-1) == ids[part]
+        obj = ids[part] != background
+        for kind, mask in ((True, obj), (False, ~obj)):
+            right[kind] += int(hit[mask].sum())
+            count[kind] += int(mask.sum())
+        norm_sum += float(out.norm(dim=-1).sum())
+        tokens += out.shape[0] * out.shape[1]
+    pct = {kind: round(100 * right[kind] / count[kind], 1) if count[kind] else None for kind in right}
+    return ({"object_cells": pct[True], "background_cells": pct[False], "object_cell_count": count[True]},
+            round(norm_sum / max(tokens, 1), 3))
 
 
 def _settings(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k != "progress"}
+    """What makes two runs the same: paths resolved; progress and the cache location do not count."""
+    out = {k: v for k, v in config.items() if k not in ("progress", "feature_cache_dir")}
+    for key in ("instances", "image_folder", "output_dir"):
+        if out.get(key):
+            out[key] = str(Path(out[key]).resolve())
+    return out
 
 
 def run_alignment(cfg: AlignConfig) -> dict:
@@ -192,9 +214,11 @@ def run_alignment(cfg: AlignConfig) -> dict:
     done = out / DONE
     if done.is_file():
         previous = json.loads(done.read_text(encoding="utf-8"))
-        if _settings(previous.get("config", {})) == _settings(to_dict(cfg)):
+        if _settings(previous.get("config", {})) != _settings(to_dict(cfg)):
+            raise ConfigError(f"{out} holds an alignment run with other settings; use another output_dir or delete it")
+        if (out / "projector" / "projector.safetensors").is_file():
             return previous
-        raise ConfigError(f"{out} holds an alignment run with other settings; use another output_dir or delete it")
+        print(f"llavakit align: {out / 'projector'} is missing; running again", file=sys.stderr, flush=True)
     images, by_image, names = read_instances(cfg)
     from transformers import get_scheduler
 
@@ -222,7 +246,11 @@ def run_alignment(cfg: AlignConfig) -> dict:
     index = {k: j for j, k in enumerate(keys)}
     ids = torch.tensor([[index[k] for k in c] for c in cells])
     table = word_table(keys, model.tokenizer, model.language_model.get_input_embeddings().weight.detach())
-    feats = cache.get([paths[i] for i in keep]).float()
+    kept = [paths[i] for i in keep]
+
+    def features(rows: torch.Tensor) -> torch.Tensor:  # from the memory-mapped cache, a batch at a time
+        return cache.get([kept[int(r)] for r in rows]).float()
+
     order = list(range(len(keep)))
     random.Random(cfg.seed).shuffle(order)
     n_held = int(len(order) * cfg.heldout_fraction)
@@ -245,7 +273,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
     losses = []
     for step in bar:
         pick = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-        loss = align_loss(projector(feats[pick]), table[ids[pick]], cfg.cosine_weight)
+        loss = align_loss(projector(features(pick)), table[ids[pick]], cfg.cosine_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -258,16 +286,15 @@ def run_alignment(cfg: AlignConfig) -> dict:
     projector.eval()
     background = index[(cfg.background,)] if (cfg.background,) in index else -1
     evaluated = held if len(held) else train
-    with torch.no_grad():
-        norm = float(projector(feats[evaluated]).float().norm(dim=-1).mean())
+    accuracy, norm = evaluate_cells(projector, features, evaluated, ids, table, background)
     result = {
         "config": to_dict(cfg),
         "images": len(keep), "heldout_images": len(held), "unreadable": dict(report.bad),
         "targets": [" ".join(k) for k in keys],
         "final_loss": losses[-1], "loss_every_50": losses[::50],
-        "cell_accuracy": cell_accuracy(projector, feats[evaluated], ids[evaluated], table, background),
+        "cell_accuracy": accuracy,
         "cell_accuracy_on": "heldout images" if len(held) else "training images",
-        "token_norm": round(norm, 3),
+        "token_norm": norm,
         "target_norm": round(float(table.norm(dim=-1).mean()), 3),
         "seconds": round(time.time() - started, 1),
         "projector": str(out / "projector"),
@@ -275,7 +302,9 @@ def run_alignment(cfg: AlignConfig) -> dict:
     save_projector(model, out / "projector")
     write_json(out / "projector" / "training.json", {  # provenance: evaluations tell held-out images apart
         "stage": "align", "data": str(Path(cfg.instances).resolve()),
-        "image_folder": str(Path(cfg.image_folder).resolve()), "from": []}, indent=2)
+        "image_folder": str(Path(cfg.image_folder).resolve()),
+        "from": [json.loads(p.read_text(encoding="utf-8")) for p in [Path(cfg.model) / "training.json"] if p.is_file()]},
+        indent=2)
     write_json(done, result, indent=2)  # last: marks the run finished
     return result
 

@@ -385,12 +385,11 @@ def write_provenance(cfg: TrainConfig, target: Path) -> None:
     def absolute(p):
         return str(Path(p).resolve()) if p else None
 
-    base = cfg.projector or cfg.model  # what this run started from (an aligned projector, a checkpoint)
-    earlier = []
-    if base and base != FRESH_PROJECTOR:
-        base_dir = Path(base) if Path(base).is_dir() else Path(base).parent
-        if (base_dir / PROVENANCE).is_file():
-            earlier = [json.loads((base_dir / PROVENANCE).read_text(encoding="utf-8"))]
+    earlier = []  # what this run started from: its projector artifact and its model, when recorded
+    for base in dict.fromkeys(b for b in (cfg.projector, cfg.model) if b and b != FRESH_PROJECTOR):
+        base_dir = Path(base) if Path(base).is_dir() else Path(base).parent if base == cfg.projector else None
+        if base_dir is not None and (base_dir / PROVENANCE).is_file():
+            earlier.append(json.loads((base_dir / PROVENANCE).read_text(encoding="utf-8")))
     record = {"stage": cfg.stage, "data": absolute(cfg.data.path), "image_folder": absolute(cfg.data.image_folder),
               "from": earlier}
     tmp = target / f".{PROVENANCE}.tmp"
