@@ -56,28 +56,31 @@ RULES: list[tuple[list[str], list[str]]] = [
 _COMPILED = [([re.compile(f"^{p}$") for p in forms], outs) for forms, outs in RULES]
 
 
+def _match(question: str):
+    """(the match, its rule's paraphrases) of the first template form ``question`` has, or (None, None)."""
+    for pats, outs in _COMPILED:
+        for p in pats:
+            m = p.match(question)
+            if m:
+                return m, outs
+    return None, None
+
+
 def matches_template(question: str) -> bool:
     """Whether ``question`` (without the answer-format line) has one of the training forms."""
-    return any(p.match(question) for pats, _ in _COMPILED for p in pats)
+    return _match(question)[0] is not None
 
 
 def parse(question: str) -> dict | None:
     """The referents a template form holds (``ref``, ``a``, ``b``, ``pl``, ...), or None."""
-    for pats, _ in _COMPILED:
-        for p in pats:
-            m = p.match(question)
-            if m:
-                return m.groupdict()
-    return None
+    m, _ = _match(question)
+    return m.groupdict() if m else None
 
 
 def paraphrase(question: str, seed: str) -> str:
     """A rewording of a template question (its first line), chosen by ``seed``; other lines kept."""
     first, sep, rest = question.partition("\n")
-    for pats, outs in _COMPILED:
-        for p in pats:
-            m = p.match(first)
-            if m:
-                text = random.Random(seed).choice(outs).format(**m.groupdict())
-                return text + sep + rest
-    raise LlavakitError(f"no paraphrase rule matches the question {first!r} (add one to llavakit.eval.paraphrase)")
+    m, outs = _match(first)
+    if m is None:
+        raise LlavakitError(f"no paraphrase rule matches the question {first!r} (add one to llavakit.eval.paraphrase)")
+    return random.Random(seed).choice(outs).format(**m.groupdict()) + sep + rest

@@ -131,16 +131,12 @@ def evaluate(model, scenes_dir: str | Path, out_dir: str | Path, blind: bool = F
         result["conditions"][cond] = scores
         write_jsonl(out_dir / f"synth_details_{cond}.jsonl", rows)
     result["accuracy"] = result["conditions"]["image"]["accuracy"]
-    if blind:
-        img, bl = result["conditions"]["image"], result["conditions"]["blind"]
-        result["gap"] = {cat: img["categories"][cat]["accuracy"] - bl["categories"][cat]["accuracy"]
-                         for cat in img["categories"]}
-        result["gap"]["overall"] = img["accuracy"] - bl["accuracy"]
-    if paraphrase:
-        img, para = result["conditions"]["image"], result["conditions"]["paraphrased"]
-        result["paraphrase_gap"] = {cat: img["categories"][cat]["accuracy"] - para["categories"][cat]["accuracy"]
-                                    for cat in img["categories"]}
-        result["paraphrase_gap"]["overall"] = img["accuracy"] - para["accuracy"]
+    for key, cond in (("gap", "blind"), ("paraphrase_gap", "paraphrased")):
+        if cond in result["conditions"]:  # image accuracy minus this condition's, per category + overall
+            img, other = result["conditions"]["image"], result["conditions"][cond]
+            result[key] = {cat: img["categories"][cat]["accuracy"] - other["categories"][cat]["accuracy"]
+                           for cat in img["categories"]}
+            result[key]["overall"] = img["accuracy"] - other["accuracy"]
     write_report(out_dir, "synth", result, markdown(result))
     return result
 

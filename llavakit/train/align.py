@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from llavakit.config import from_dict, parse_override, merge, to_dict
 from llavakit.errors import ConfigError, DataError
+from llavakit.model.checkpoint import PROJECTOR_WEIGHTS
 
 DONE = "align.json"
 
@@ -216,7 +217,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
         previous = json.loads(done.read_text(encoding="utf-8"))
         if _settings(previous.get("config", {})) != _settings(to_dict(cfg)):
             raise ConfigError(f"{out} holds an alignment run with other settings; use another output_dir or delete it")
-        if (out / "projector" / "projector.safetensors").is_file():
+        if (out / "projector" / PROJECTOR_WEIGHTS).is_file():
             return previous
         print(f"llavakit align: {out / 'projector'} is missing; running again", file=sys.stderr, flush=True)
     images, by_image, names = read_instances(cfg)

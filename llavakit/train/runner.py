@@ -386,9 +386,12 @@ def write_provenance(cfg: TrainConfig, target: Path) -> None:
         return str(Path(p).resolve()) if p else None
 
     earlier = []  # what this run started from: its projector artifact and its model, when recorded
-    for base in dict.fromkeys(b for b in (cfg.projector, cfg.model) if b and b != FRESH_PROJECTOR):
-        base_dir = Path(base) if Path(base).is_dir() else Path(base).parent if base == cfg.projector else None
-        if base_dir is not None and (base_dir / PROVENANCE).is_file():
+    projector_dir = None  # an artifact is a directory or its .safetensors
+    if cfg.projector and cfg.projector != FRESH_PROJECTOR:
+        projector_dir = Path(cfg.projector) if Path(cfg.projector).is_dir() else Path(cfg.projector).parent
+    model_dir = Path(cfg.model) if Path(cfg.model).is_dir() else None  # a preset has no record
+    for base_dir in dict.fromkeys(d for d in (projector_dir, model_dir) if d is not None):
+        if (base_dir / PROVENANCE).is_file():
             earlier.append(json.loads((base_dir / PROVENANCE).read_text(encoding="utf-8")))
     record = {"stage": cfg.stage, "data": absolute(cfg.data.path), "image_folder": absolute(cfg.data.image_folder),
               "from": earlier}
