@@ -59,6 +59,28 @@ def oracle_ids(cfg, scenes: Path, grid: int, mode: str, size: int,
     return out
 
 
+REGIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
+
+
+def region_ids(cfg, scenes: Path) -> dict[str, list[tuple[str, ...]]]:
+    """file name → per region (``REGIONS`` order, thirds of the image by box centre) the words of the
+    smallest object centred there, or ``(background,)``."""
+    cfg.instances, cfg.image_folder = str(scenes / "instances.json"), str(scenes / "images")
+    images, by_image, names = read_instances(cfg)
+    out = {}
+    for im in images:
+        w, h = float(im["width"]), float(im["height"])
+        slots: list[tuple[float, tuple[str, ...]]] = [(float("inf"), (cfg.background,))] * 9
+        for a in by_image[int(im["id"])]:
+            x, y, bw, bh = a["bbox"]
+            col, row = min(2, int(3 * (x + bw / 2) / w)), min(2, int(3 * (y + bh / 2) / h))
+            words = tuple(str(names[a["category_id"]] if f == "category" else a[f]) for f in cfg.words)
+            if bw * bh < slots[3 * row + col][0]:
+                slots[3 * row + col] = (bw * bh, words)
+        out[im["file_name"]] = [words for _, words in slots]
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("arm", choices=["oracle"])
@@ -72,6 +94,9 @@ def main() -> int:
                     help="object cells also name their cell's region words (mean of colour, shape, vertical, horizontal)")
     ap.add_argument("--position", type=float, default=0.0,
                     help="add this times each cell's region-word embedding (top/middle/bottom + left/center/right)")
+    ap.add_argument("--regions", choices=["none", "only", "after-cells"], default="none",
+                    help="region tokens: per third of the image the LM's embeddings of its name (' top left') "
+                         "then one token of its object's words; instead of the 49 cells or after them")
     ap.add_argument("overrides", nargs="*", help="align settings for the oracle targets (e.g. words=[size,color,category])")
     args = ap.parse_intermixed_args()
     run, out = Path(args.run), Path(args.out)
@@ -89,10 +114,31 @@ def main() -> int:
     table = word_table(keys, tok, emb)
     where = args.position * word_table(cell_region_words(grid), tok, emb)  # (N, D), zero unless --position
 
+    train_regions, held_regions = (region_ids(cfg, run / "scenes" / split) for split in ("train", "heldout"))
+    rkeys = sorted({k for r in (*train_regions.values(), *held_regions.values()) for k in r} | {(cfg.background,)})
+    rindex = {k: i for i, k in enumerate(rkeys)}
+    rtable = word_table(rkeys, tok, emb)
+    markers = [emb[tok(" " + name, add_special_tokens=False)["input_ids"]].float() for name in REGIONS]
+    regions_of = {"train": train_regions, "heldout": held_regions}
+
     def tokens(names: list[str], cells: dict, blind: bool = False) -> torch.Tensor:
         bg = index[(cfg.background,)]
         ids = [[bg] * tower.num_tokens if blind else [index[k] for k in cells[n]] for n in names]
-        return table[torch.tensor(ids)] + where  # (B, N, D): fed as already-projected features
+        grid_tokens = table[torch.tensor(ids)] + where  # (B, N, D): fed as already-projected features
+        if args.regions == "none":
+            return grid_tokens
+        regions = regions_of["train" if cells is train_cells else "heldout"]
+        rows = []
+        for n in names:
+            content = [rtable[rindex[(cfg.background,)] if blind else rindex[k]] for k in regions[n]]
+            rows.append(torch.cat([torch.cat([m, c[None]]) for m, c in zip(markers, content)]))
+        region_tokens = torch.stack(rows)
+        return region_tokens if args.regions == "only" else torch.cat([grid_tokens, region_tokens], 1)
+
+    if args.regions != "none":
+        n_region = sum(len(m) + 1 for m in markers)
+        model.processor.num_image_tokens = n_region + (tower.num_tokens if args.regions == "after-cells" else 0)
+        print(f"image tokens per image: {model.processor.num_image_tokens}", file=sys.stderr)
 
     model.projector = torch.nn.Identity()  # image_features are the oracle tokens themselves
     lm = model.language_model.float().train()
@@ -134,7 +180,7 @@ def main() -> int:
 
     facts, folder = synth.load_scenes(run / "scenes" / "heldout")
     questions = synth.make_questions(facts, folder.name, args.per_category, 0)
-    result = {"arm": args.arm, "align": vars(cfg), "position": args.position, "position_words": args.position_words, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    result = {"arm": args.arm, "align": vars(cfg), "position": args.position, "position_words": args.position_words, "regions": args.regions, "steps": args.steps, "batch": args.batch, "lr": args.lr,
               "train_seconds": round(train_s, 1), "final_loss": losses[-1], "conditions": {}}
     for blind in (False, True):
         answers = {}

@@ -11,6 +11,7 @@ from llavakit.cli import main
 from llavakit.errors import ConfigError, DataError
 from llavakit.train.align import (
     AlignConfig,
+    align_loss,
     build_align_config,
     cell_centres,
     cell_words,
@@ -94,11 +95,30 @@ def test_alignment_learns_the_targets_and_writes_a_projector_stage1_loads(scenes
         run_alignment(_cfg(scenes, tmp_path, background="nothing"))
 
 
+def test_contrastive_term_asks_each_cell_to_be_nearest_its_own_words():
+    table = torch.tensor([[1.0, 0.0, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])  # rows 0 and 1 close, 2 far
+    ids = torch.tensor([[0, 2]])
+    regression = AlignConfig(contrastive_weight=0.0)
+    both = AlignConfig(contrastive_weight=0.5, temperature=0.1)
+    exact = table[ids].clone()
+    # the regression term is zero at the targets; the contrastive one is the cross-entropy of cosine logits
+    assert align_loss(exact, ids, table, regression).item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.nn.functional.normalize(exact, dim=-1)[0] @ torch.nn.functional.normalize(table, dim=-1).T / 0.1
+    expected = 0.5 * torch.nn.functional.cross_entropy(logits, ids[0])
+    assert align_loss(exact, ids, table, both).item() == pytest.approx(expected.item(), rel=1e-5)
+    # a cell between its own row and a near neighbour: regression barely sees it, the contrastive term does
+    between = exact.clone()
+    between[0, 0] = (table[0] + table[1]) / 2
+    gap = lambda cfg: (align_loss(between, ids, table, cfg) - align_loss(exact, ids, table, cfg)).item()  # noqa: E731
+    assert gap(both) - gap(regression) > 2 * gap(regression) > 0  # the contrastive share dominates
+
+
 def test_alignment_refuses_bad_settings_before_loading_a_model(scenes, tmp_path):
     with pytest.raises(ConfigError, match="instances file"):
         run_alignment(AlignConfig(instances=str(tmp_path / "no.json"), image_folder=str(tmp_path)))
     for bad, match in ((dict(lr=float("nan")), "lr"), (dict(steps=0), "steps"), (dict(words=[]), "words"),
-                       (dict(heldout_fraction=1.0), "heldout_fraction"), (dict(cosine_weight=-1.0), "cosine_weight")):
+                       (dict(heldout_fraction=1.0), "heldout_fraction"), (dict(cosine_weight=-1.0), "cosine_weight"),
+                       (dict(contrastive_weight=float("inf")), "contrastive_weight"), (dict(temperature=0.0), "temperature")):
         with pytest.raises(ConfigError, match=match):
             run_alignment(_cfg(scenes, tmp_path, **bad))
     with pytest.raises(ConfigError, match=r"words \['shade'\].*fields"):

@@ -50,6 +50,8 @@ class AlignConfig:
     batch_size: int = 32
     lr: float = 1e-3
     cosine_weight: float = 1.0
+    contrastive_weight: float = 0.0  # InfoNCE over the target table: each cell's own target vs all others
+    temperature: float = 0.05  # of the contrastive term's cosine logits
     heldout_fraction: float = 0.1  # images kept out of training to report cell accuracy
     seed: int = 0
     feature_cache_dir: str | None = None  # default: the training feature cache
@@ -73,6 +75,10 @@ def validate(cfg: AlignConfig) -> None:
         raise ConfigError(f"align: lr must be a finite number > 0, got {cfg.lr}")
     if not (math.isfinite(cfg.cosine_weight) and cfg.cosine_weight >= 0):
         raise ConfigError(f"align: cosine_weight must be a finite number >= 0, got {cfg.cosine_weight}")
+    if not (math.isfinite(cfg.contrastive_weight) and cfg.contrastive_weight >= 0):
+        raise ConfigError(f"align: contrastive_weight must be a finite number >= 0, got {cfg.contrastive_weight}")
+    if not (math.isfinite(cfg.temperature) and cfg.temperature > 0):
+        raise ConfigError(f"align: temperature must be a finite number > 0, got {cfg.temperature}")
     if not 0 <= cfg.heldout_fraction < 1:
         raise ConfigError(f"align: heldout_fraction must be in [0, 1), got {cfg.heldout_fraction}")
     if not cfg.background.strip():
@@ -170,9 +176,16 @@ def word_table(keys, tokenizer, embeddings: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows)
 
 
-def align_loss(out: torch.Tensor, target: torch.Tensor, cosine_weight: float) -> torch.Tensor:
-    mse = F.mse_loss(out, target)
-    return mse + cosine_weight * (1 - F.cosine_similarity(out, target, dim=-1)).mean()
+def align_loss(out: torch.Tensor, ids: torch.Tensor, table: torch.Tensor, cfg: AlignConfig) -> torch.Tensor:
+    """MSE + cosine to each cell's target row; with ``contrastive_weight`` also cross-entropy of the
+    cell's cosine to every row of the table (its own row the class): the cell must be nearer its own
+    words than to any other pair, which regression alone does not ask."""
+    target = table[ids]
+    loss = F.mse_loss(out, target) + cfg.cosine_weight * (1 - F.cosine_similarity(out, target, dim=-1)).mean()
+    if cfg.contrastive_weight:
+        logits = F.normalize(out, dim=-1) @ F.normalize(table, dim=-1).T / cfg.temperature
+        loss = loss + cfg.contrastive_weight * F.cross_entropy(logits.flatten(0, -2), ids.flatten())
+    return loss
 
 
 @torch.no_grad()
@@ -274,7 +287,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
     losses = []
     for step in bar:
         pick = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-        loss = align_loss(projector(features(pick)), table[ids[pick]], cfg.cosine_weight)
+        loss = align_loss(projector(features(pick)), ids[pick], table, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
