@@ -23,9 +23,12 @@ class VisionConfig:
 
 @dataclass
 class ProjectorConfig:
-    """``kind`` is ``linear`` or ``mlp{N}x_gelu`` (see :mod:`llavakit.model.projector`)."""
+    """``kind`` is ``linear`` or ``mlp{N}x_gelu`` (see :mod:`llavakit.model.projector`); ``layout``
+    ``cells`` is the paper's (one token per tower cell), ``cells+regions`` adds the nine named region
+    tokens of :mod:`llavakit.model.regions`."""
 
     kind: str = "mlp2x_gelu"
+    layout: Literal["cells", "cells+regions"] = "cells"
 
 
 @dataclass
