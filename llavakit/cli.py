@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 
+from llavakit import progress
 from llavakit.errors import LlavakitError
 
 # verb -> (module, one-line help) or verb -> {sub-verb: (module, help)}
@@ -39,10 +40,28 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
 }
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default (when it has a meaningful one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("%(default)" in text or not action.option_strings
+                or action.default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._VersionAction)):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def _add_verb(subparsers, name: str, module: str, help_text: str) -> None:
-    parser = subparsers.add_parser(name, help=help_text, description=help_text)
+    parser = subparsers.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
     mod = importlib.import_module(module)
     mod.add_arguments(parser)
+    for action in parser._actions:  # argparse shows no line for an option without help
+        if action.help is None and action.option_strings:
+            action.help = ""
+            if action.default not in (None, False):
+                action.help = "(default: %(default)s)"
+    if "--quiet" not in parser._option_string_actions:  # one --quiet on every verb
+        parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(_run=mod.run)
 
 
@@ -77,11 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     run = getattr(args, "_run", None)
-    if run is None:
+    if run is None:  # `llavakit` or a group verb alone (`llavakit eval`): its help
         (getattr(args, "_parser", None) or parser).print_help()
-        return 0 if not argv else 2
+        return 0
     try:
-        code = run(args)
+        with progress.quiet(getattr(args, "quiet", False)):  # bars also go off when stderr is not a terminal
+            code = run(args)
     except LlavakitError as exc:
         print(f"llavakit {args.verb}: error: {exc}", file=sys.stderr)
         return 2

@@ -107,6 +107,23 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     return obj
 
 
+def list_keys(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """Every settable key of a dataclass config, dotted, with its type and default:
+    ``[("optim.lr", "float", 2e-05), ...]`` (nested dataclasses expanded)."""
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[str, str, Any]] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            out += list_keys(tp, f"{prefix}{f.name}.")
+            continue
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        name = repr(tp).replace("typing.", "") if typing.get_origin(tp) else getattr(tp, "__name__", repr(tp))
+        out.append((prefix + f.name, name, default))
+    return out
+
+
 def merge(base: dict, update: dict) -> dict:
     """Recursive dict merge: values of ``update`` win; nested mappings merge."""
     out = dict(base)
@@ -119,9 +136,9 @@ def merge(base: dict, update: dict) -> dict:
 
 
 def parse_override(text: str) -> dict:
-    """``"train.lr=1e-4"`` → ``{"train": {"lr": 0.0001}}`` (the value is parsed as YAML)."""
+    """``"optim.lr=1e-4"`` → ``{"optim": {"lr": 0.0001}}`` (the value is parsed as YAML)."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. train.lr=2e-5")
+        raise ConfigError(f"override {text!r}: expected KEY=VALUE, e.g. optim.lr=2e-5")
     key, raw = text.split("=", 1)
     key = key.strip().lstrip("-")
     if not key:

@@ -113,9 +113,9 @@ class LlavaDataset:
         self._images: list[list[Path]] = []
         self.lengths: list[int] = []
         self.is_multimodal: list[bool] = []
-        from tqdm.auto import tqdm
+        from llavakit.progress import bar as progress_bar
 
-        bar = tqdm(records, desc="tokenizing records", unit="rec", disable=None if progress is None else not progress)
+        bar = progress_bar(records, desc="tokenizing records", unit="rec", show=progress is None or progress)
         for i, raw in enumerate(bar):
             try:
                 rec = parse_record(raw, i, processor.image_token)

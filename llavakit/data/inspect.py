@@ -99,14 +99,14 @@ def _pick(ds: LlavaDataset, wanted: str | None) -> int | None:
 
 
 def _check_images(ds: LlavaDataset, decode: bool, show: int) -> list[str]:
-    from tqdm.auto import tqdm
+    from llavakit.progress import bar as progress_bar
 
     from llavakit.data.images import load_image
     from llavakit.errors import DataError
 
     bad: list[tuple[str, str]] = []
     todo = [i for i, mm in enumerate(ds.is_multimodal) if mm]
-    for i in tqdm(todo, desc="checking images", unit="sample", disable=None):
+    for i in progress_bar(todo, desc="checking images", unit="sample"):
         for path in ds.image_paths(i):
             if not path.is_file():
                 bad.append((ds.record(i).id, f"missing {path}"))

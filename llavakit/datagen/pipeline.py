@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
+from llavakit.progress import bar as progress_bar
 
 from llavakit.datagen.cache import CacheWriter, read_cache
 from llavakit.datagen.coco import read_coco
@@ -163,7 +163,7 @@ def run_datagen(cfg: DatagenConfig) -> dict:
     if pending:
         name = "all.jsonl" if cfg.shard_count == 1 else f"shard-{cfg.shard_index}-of-{cfg.shard_count}.jsonl"
         llm = teachers.get("openai")
-        bar = tqdm(total=len(pending), desc=f"datagen ({cfg.teacher})", unit="sample", disable=not cfg.progress,
+        bar = progress_bar(total=len(pending), desc=f"datagen ({cfg.teacher})", unit="sample", show=cfg.progress,
                    smoothing=0.05)
         with CacheWriter(cache_dir / name, cfg.fsync_every) as writer:
             repaired = writer.repaired

@@ -18,7 +18,7 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
+from llavakit.progress import bar as progress_bar
 
 from llavakit.config import from_dict, load_yaml, merge, parse_override, to_dict
 from llavakit.datagen.captions import scene_captions
@@ -76,7 +76,7 @@ def generate_scenes(out: str | Path, n: int, seed: int = 0, cfg: SceneConfig | N
     t0 = time.perf_counter()
     jobs = [(cfg, seed, i, str(image_dir), reuse) for i in range(n)]
     records: list[tuple[dict, list[dict]]] = []
-    bar = tqdm(total=n, desc="scenes", unit="img", disable=not progress)
+    bar = progress_bar(total=n, desc="scenes", unit="img", show=progress)
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for rec in pool.map(_render_one, jobs, chunksize=32):

@@ -42,7 +42,7 @@ def mismatch_images(records: Sequence[dict]) -> list[dict]:
 
 @torch.no_grad()
 def _losses(model, records: Sequence[dict], image_folder: Path, batch_size: int, progress: bool) -> dict:
-    from tqdm.auto import tqdm
+    from llavakit.progress import bar as progress_bar
 
     from llavakit.data.batching import Collator, pixel_image_fn
     from llavakit.data.dataset import LlavaDataset
@@ -56,7 +56,7 @@ def _losses(model, records: Sequence[dict], image_folder: Path, batch_size: int,
     sums, counts = defaultdict(float), defaultdict(int)
     device = next(model.projector.parameters()).device
     model.eval()
-    for start in tqdm(range(0, len(ds), batch_size), desc="answer loss", unit="batch", disable=not progress):
+    for start in progress_bar(range(0, len(ds), batch_size), desc="answer loss", unit="batch", show=progress):
         idx = list(range(start, min(start + batch_size, len(ds))))
         batch = collate([ds[i] for i in idx])
         if batch["skipped"]:

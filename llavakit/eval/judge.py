@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from tqdm import tqdm
+from llavakit.progress import bar as progress_bar
 
 from llavakit.errors import ConfigError
 from llavakit.eval.records import JsonlCache
@@ -74,7 +74,7 @@ def ask_all(
     if not pending:
         return outcome
     convo = {id(a): list(a.messages) for a in pending}
-    bar = tqdm(total=len(pending), desc=desc, unit="req", disable=not progress)
+    bar = progress_bar(total=len(pending), desc=desc, unit="req", show=progress)
     for attempt in range(1, retries + 2):
         results = client.run_batch([convo[id(a)] for a in pending])
         again = []

@@ -20,6 +20,7 @@ import torch
 
 from llavakit.errors import ConfigError, LlavakitError
 from llavakit.model.config import LMConfig
+from llavakit.progress import library_bars
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
@@ -86,7 +87,10 @@ def convert_gguf(folder: Path, gguf_file: str) -> Path:
 
     print(f"llavakit: converting {gguf_file} once to safetensors in {target} ...", file=sys.stderr, flush=True)
     start = time.time()
-    quantised = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
+    from transformers import modeling_gguf_pytorch_utils
+
+    with library_bars(modeling_gguf_pytorch_utils):  # its bar has no switch: --quiet / non-TTY apply
+        quantised = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
     config_dict = quantised.config.to_dict()
     config_dict.pop("quantization_config", None)

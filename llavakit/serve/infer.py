@@ -138,7 +138,7 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
                   model_id: str | None = None, num_shards: int = 1, shard_index: int = 0, progress: bool = True,
                   image_override=None, system: str | None = None, seed: int = 0, stop: Sequence[str] = ()) -> Path:
     """Answer ``questions`` in batches into ``out_path`` (see the module docstring)."""
-    from tqdm import tqdm
+    from llavakit.progress import bar as progress_bar
 
     from llavakit.serve.models import accepts_images
 
@@ -158,7 +158,7 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
         _check_images(pending, folder, accepts_images(model))
     model_id = model_id or getattr(getattr(model, "config", None), "name", None) or getattr(model, "name", "llavakit")
     prompts = PromptEncoder(model)
-    bar = tqdm(total=len(mine), initial=len(mine) - len(pending), desc="infer", unit="q", disable=not progress)
+    bar = progress_bar(total=len(mine), initial=len(mine) - len(pending), desc="infer", unit="q", show=progress)
     with open(out_path, "a", encoding="utf-8") as out:
         for start in range(0, len(pending), batch_size):
             batch = pending[start:start + batch_size]
@@ -206,7 +206,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-only", action="store_true", help="load only the language model (or a plain LM dir / .gguf)")
     parser.add_argument("--template", help="conversation template for --text-only models")
     parser.add_argument("--device", help="e.g. cuda, cpu")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                        help="no progress bar (--no-progress: the older spelling)")
 
 
 def blank_image(model):
@@ -227,7 +228,7 @@ def run(args) -> int:
         model, questions, args.image_folder, args.out, batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         model_id=args.model_id or model_name(args.model), num_shards=args.num_shards, shard_index=args.shard_index,
-        progress=not args.no_progress, image_override=blank_image(model) if args.blind else None,
+        progress=not args.quiet, image_override=blank_image(model) if args.blind else None,
         system=args.system, seed=args.seed,
     )
     total = len(answered_ids(out))

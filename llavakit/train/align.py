@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from llavakit.config import from_dict, parse_override, merge, to_dict
 from llavakit.errors import ConfigError, DataError
 from llavakit.model.checkpoint import PROJECTOR_WEIGHTS
+from llavakit.train.schedule import make_scheduler
 
 DONE = "align.json"
 
@@ -249,7 +250,6 @@ def run_alignment(cfg: AlignConfig) -> dict:
             return previous
         print(f"llavakit align: {out / 'projector'} is missing; running again", file=sys.stderr, flush=True)
     images, by_image, names = read_instances(cfg)
-    from transformers import get_scheduler
 
     from llavakit.datagen.jsonio import write_json
     from llavakit.data.images import load_image
@@ -299,12 +299,11 @@ def run_alignment(cfg: AlignConfig) -> dict:
         if hasattr(module, "reset_parameters"):
             module.reset_parameters()
     optimizer = torch.optim.AdamW(projector.parameters(), lr=cfg.lr, weight_decay=0.0)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=math.ceil(0.03 * cfg.steps),
-                              num_training_steps=cfg.steps)
+    scheduler = make_scheduler("cosine", optimizer, math.ceil(0.03 * cfg.steps), cfg.steps)
     gen = torch.Generator().manual_seed(cfg.seed)
-    from tqdm.auto import tqdm
+    from llavakit.progress import bar as progress_bar
 
-    bar = tqdm(range(cfg.steps), desc="align", disable=not cfg.progress or not sys.stderr.isatty(), dynamic_ncols=True)
+    bar = progress_bar(range(cfg.steps), desc="align", show=cfg.progress)
     losses = []
     for step in bar:
         pick = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]

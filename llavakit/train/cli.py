@@ -4,6 +4,7 @@
     llavakit train --stage 2 --config my.yaml projector=runs/nano-stage1/projector optim.lr=1e-4
     llavakit train --config my.yaml --resume          # continue from the latest checkpoint
     llavakit train --list-presets                     # shipped configs + accelerate launch files
+    llavakit train --list-keys                        # every config key, its type and default
 
 Multi-process: ``torchrun --nproc_per_node N -m llavakit train ...`` or ``accelerate launch
 --config_file $(llavakit train --accelerate-config ddp) -m llavakit train ...``.
@@ -26,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="validate the config, print it and the batch plan, and exit (loads no model)")
     parser.add_argument("--list-presets", action="store_true", help="list shipped configs and accelerate files")
+    parser.add_argument("--list-keys", action="store_true", help="list every config key with its type and default")
     parser.add_argument("--accelerate-config", metavar="NAME",
                         help="print the path of a shipped accelerate config (ddp, fsdp, deepspeed-zero2, ...)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON at the end")
@@ -36,6 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     from llavakit.train.presets import accelerate_configs, build_config, load_config_dict, preset_names
 
+    if args.list_keys:
+        from llavakit.config import list_keys
+        from llavakit.train.config import TrainConfig
+
+        for key, kind, default in list_keys(TrainConfig):
+            print(f"{key:38s} {kind:44s} {default!r}")
+        return 0
     if args.list_presets:
         for name in preset_names():
             data = load_config_dict(preset=name)

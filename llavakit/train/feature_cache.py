@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from llavakit.progress import bar as progress_bar
 
 from llavakit.errors import DataError, LlavakitError
 
@@ -207,7 +207,7 @@ class FeatureCache:
         """Run the tower over ``paths`` (PIL via ``load``) into new shards; return (count, bad)."""
         bad: dict[str, str] = {}
         done = 0
-        bar = tqdm(total=len(paths), desc="caching image features", unit="img", disable=not show_progress)
+        bar = progress_bar(total=len(paths), desc="caching image features", unit="img", show=show_progress)
         for start in range(0, len(paths), shard_size):
             chunk = paths[start:start + shard_size]
             keys: list[str] = []

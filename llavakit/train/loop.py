@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import torch
-from tqdm.auto import tqdm
+from llavakit.progress import bar as progress_bar
 
 from llavakit.data.processor import IGNORE_INDEX
 from llavakit.train import state as ckpt
@@ -132,9 +132,8 @@ class Loop:
     def run(self, data, position: ckpt.Position, steps: int, output_dir: Path, log: MetricsLog, desc: str) -> ckpt.Position:
         """Train until ``steps`` optimizer steps; checkpoint every ``checkpoint.every`` and at the end."""
         acc, cfg = self.acc, self.cfg
-        bar = tqdm(total=steps, initial=position.step, desc=desc, unit="step",
-                   disable=not (acc.is_main_process and cfg.progress),
-                   dynamic_ncols=True)
+        bar = progress_bar(total=steps, initial=position.step, desc=desc, unit="step",
+                           show=acc.is_main_process and cfg.progress)
         self.model.train()
         last_saved = position.step
         began = last = time.perf_counter()

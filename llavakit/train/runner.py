@@ -194,14 +194,13 @@ def _load_model(cfg: TrainConfig, mixed: str, device_type: str = "cpu"):
 
 
 def _optimizer(model, cfg: TrainConfig, steps: int):
-    from transformers import get_scheduler
+    from llavakit.train.schedule import make_scheduler
 
     o = cfg.optim
     fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") for p in model.parameters() if p.requires_grad) else {}
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   weight_decay=o.weight_decay, **fused)
-    warmup = math.ceil(o.warmup_ratio * steps)
-    scheduler = get_scheduler(o.scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    scheduler = make_scheduler(o.scheduler, optimizer, math.ceil(o.warmup_ratio * steps), steps)
     return optimizer, scheduler
 
 
