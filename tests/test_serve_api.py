@@ -154,7 +154,7 @@ BAD_REQUESTS = {
                            400, "last message"),
     "unsupported parameter": ({"n": 3}, 400, "n=3 is not supported"),
     "non-image data URL": ({"messages": [image_message("data:text/plain;base64,aGk=")]}, 400, "not image/*"),
-    "seed out of range": ({"seed": 2**64}, 400, "seed must be an integer in [0, 2**63)"),
+    "seed out of range": ({"seed": 2**64}, 400, "seed must be an integer between 0 and"),
 }
 
 

@@ -1,9 +1,11 @@
 """The FastAPI app: OpenAI-compatible chat completions (+ SSE streaming), models, health, web page.
 
-Routes: ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health``,
-``GET /`` (the web chat page, :mod:`llavakit.serve.static`). Requests are validated by
-:mod:`llavakit.serve.schema`, images resolved by :mod:`llavakit.serve.image_input`, and generation
-runs on the :class:`~llavakit.serve.engine.Engine`'s worker thread, batched with other requests.
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions`` (a raw text prompt, no template,
+no images — the path of lmms-eval's and other harnesses' text tasks), ``GET /v1/models``,
+``GET /v1/models/{id}``, ``GET /health``, ``GET /`` (the web chat page, :mod:`llavakit.serve.static`).
+Requests become engine rows in :mod:`llavakit.serve.requests` (validated by
+:mod:`llavakit.serve.schema`, parameters by :mod:`llavakit.serve.params`), and generation runs on
+the :class:`~llavakit.serve.engine.Engine`'s worker thread, batched with other requests.
 Every refusal is OpenAI's error JSON with a 4xx status; the server keeps serving.
 """
 
@@ -23,16 +25,15 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llavakit.errors import LlavakitError
-from llavakit.serve.batch import Row, RowResult
-from llavakit.serve.engine import Engine, EngineClosed, EngineConfig, QueueFull
-from llavakit.serve.image_input import ImagePolicy, decode_image, fetch_bytes
+from llavakit.serve.batch import RowResult
+from llavakit.serve.engine import Engine, EngineConfig, QueueFull
+from llavakit.serve.errors import ApiError, bad
+from llavakit.serve.image_input import ImagePolicy
 from llavakit.serve.models import accepts_images
-from llavakit.serve.prompts import DEFAULT, PromptEncoder
-from llavakit.serve.schema import ApiError, ChatRequest, Limits, bad, parse_chat_request
+from llavakit.serve.params import Limits
+from llavakit.serve.requests import CHAT, TEXT, RequestService, Shape, generation_error, ignored_header, read_body
 
 log = logging.getLogger("llavakit.serve")
 STATIC = Path(__file__).parent / "static"
@@ -48,91 +49,6 @@ class ServeConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes — by header or while reading."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        if not declared.isdigit():
-            raise bad(f"invalid Content-Length header {declared!r}")
-        if int(declared) > limit:
-            raise ApiError(413, f"the request body is {declared} bytes; this server accepts at most {limit}",
-                           code="request_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"the request body exceeds this server's limit of {limit} bytes",
-                           code="request_too_large")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class ChatService:
-    """Turns a validated request into an engine row and the engine's events into OpenAI responses."""
-
-    def __init__(self, model, config: ServeConfig, engine: Engine):
-        self.model, self.config, self.engine = model, config, engine
-        self.prompts = PromptEncoder(model)
-        lm_config = getattr(model.language_model, "config", None)
-        self.context_length = getattr(lm_config, "max_position_embeddings", None)
-
-    def build_row(self, req: ChatRequest, blobs: list[bytes]) -> Row:  # runs in a worker thread (CPU)
-        images = [decode_image(b, p.param, self.config.images.max_pixels) for b, p in zip(blobs, req.images)]
-        pixels = self.model.preprocess(images) if images else None
-        try:
-            ids = self.prompts.encode(req.turns, DEFAULT if req.system is None else req.system)
-        except LlavakitError as exc:
-            raise bad(f"messages: {exc}", "messages") from None
-        if self.context_length and len(ids) + req.params.max_new_tokens > self.context_length:
-            raise bad(f"the prompt is {len(ids)} tokens and max_tokens is {req.params.max_new_tokens}, over the "
-                      f"model's context of {self.context_length}", "messages", "context_length_exceeded")
-        return Row(ids, pixels, req.params)
-
-    async def prepare(self, raw: bytes) -> tuple[ChatRequest, Row]:
-        req = parse_chat_request(raw, self.config.limits, self.prompts.image_token)
-        if req.model != self.config.model_id:
-            raise ApiError(404, f"model {req.model!r} does not exist here; this server serves "
-                           f"{self.config.model_id!r} (GET /v1/models)", param="model", code="model_not_found")
-        if req.images and not accepts_images(self.model):
-            raise bad(f"model {self.config.model_id!r} is a text-only LLM: it does not accept image_url parts",
-                      req.images[0].param, "images_not_supported")
-        blobs = [await fetch_bytes(part, self.config.images) for part in req.images]
-        return req, await run_in_threadpool(self.build_row, req, blobs)
-
-    def submit(self, row: Row) -> tuple[asyncio.Queue, object]:
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-
-        def listener(kind: str, value) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, (kind, value))
-
-        try:
-            handle = self.engine.submit(row, listener)
-        except QueueFull as exc:
-            raise ApiError(429, str(exc), type="rate_limit_error", code="queue_full",
-                           headers={"Retry-After": str(exc.retry_after)}) from None
-        except EngineClosed as exc:
-            raise ApiError(503, str(exc), type="server_error", code="shutting_down") from None
-        return events, handle
-
-    def envelope(self, cid: str, created: int, obj: str, choices: list, usage: RowResult | None = None) -> dict:
-        out = {"id": cid, "object": obj, "created": created, "model": self.config.model_id, "choices": choices}
-        if usage is not None:
-            out["usage"] = {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-                            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
-        return out
-
-
-def generation_error(exc: BaseException) -> ApiError:
-    if isinstance(exc, ApiError):
-        return exc
-    if isinstance(exc, EngineClosed):
-        return ApiError(503, str(exc), type="server_error", code="shutting_down")
-    if isinstance(exc, LlavakitError):
-        return bad(str(exc))
-    return ApiError(500, f"generation failed: {type(exc).__name__}: {exc}", type="server_error")
-
-
 async def _cancel_on_disconnect(request: Request, handle) -> None:
     """Wait for the client to hang up (the body is already read), then cancel its generation."""
     while True:
@@ -142,8 +58,9 @@ async def _cancel_on_disconnect(request: Request, handle) -> None:
             return
 
 
-async def complete(service: ChatService, request: Request, events: asyncio.Queue, handle) -> Response:
-    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+async def complete(service: RequestService, request: Request, events: asyncio.Queue, handle, shape: Shape,
+                   headers: dict, echo: str = "") -> Response:
+    cid, created = f"{shape.prefix}-{uuid.uuid4().hex}", int(time.time())
     watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
     try:
         while True:
@@ -151,9 +68,8 @@ async def complete(service: ChatService, request: Request, events: asyncio.Queue
             if kind == "done":
                 if value.finish_reason == "cancelled":
                     return Response(status_code=204)  # the client is gone; nobody reads this
-                choice = {"index": 0, "message": {"role": "assistant", "content": value.text},
-                          "finish_reason": value.finish_reason, "logprobs": None}
-                return JSONResponse(service.envelope(cid, created, "chat.completion", [choice], value))
+                choice = shape.choice(echo + value.text, value.finish_reason)
+                return JSONResponse(service.envelope(cid, created, shape.obj, [choice], value), headers=headers)
             if kind == "error":
                 raise generation_error(value)
     finally:
@@ -161,22 +77,26 @@ async def complete(service: ChatService, request: Request, events: asyncio.Queue
         handle.cancel()  # a no-op when the row already finished
 
 
-def stream(service: ChatService, req: ChatRequest, events: asyncio.Queue, handle) -> StreamingResponse:
-    cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+def stream(service: RequestService, include_usage: bool, events: asyncio.Queue, handle, shape: Shape,
+           headers: dict, echo: str = "") -> StreamingResponse:
+    cid, created = f"{shape.prefix}-{uuid.uuid4().hex}", int(time.time())
 
     def sse(choices: list, usage: RowResult | None = None) -> str:
-        return "data: " + json.dumps(service.envelope(cid, created, "chat.completion.chunk", choices, usage)) + "\n\n"
+        return "data: " + json.dumps(service.envelope(cid, created, shape.chunk_obj, choices, usage)) + "\n\n"
 
     async def body():
         try:
-            yield sse([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
+            if shape.first is not None:
+                yield sse([shape.first])
+            if echo:
+                yield sse([shape.delta(echo)])
             while True:
                 kind, value = await events.get()
                 if kind == "text":
-                    yield sse([{"index": 0, "delta": {"content": value}, "finish_reason": None}])
+                    yield sse([shape.delta(value)])
                 elif kind == "done":
-                    yield sse([{"index": 0, "delta": {}, "finish_reason": value.finish_reason}])
-                    if req.include_usage:
+                    yield sse([shape.last(value.finish_reason)])
+                    if include_usage:
                         yield sse([], value)
                     break
                 else:
@@ -186,14 +106,14 @@ def stream(service: ChatService, req: ChatRequest, events: asyncio.Queue, handle
         finally:  # normal end, or the client went away (Starlette cancels this generator)
             handle.cancel()
 
-    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers}
     return StreamingResponse(body(), media_type="text/event-stream", headers=headers)
 
 
 def create_app(model, config: ServeConfig, engine: Engine | None = None) -> FastAPI:
     """The app for ``model``; it owns ``engine`` (made from ``config.engine`` if not given)."""
     engine = engine or Engine(model, config.engine)
-    service = ChatService(model, config, engine)
+    service = RequestService(model, config, engine)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -265,8 +185,18 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
             req, row = await service.prepare(raw)
             events, handle = service.submit(row)
         if req.stream:
-            return stream(service, req, events, handle)
-        return await complete(service, request, events, handle)
+            return stream(service, req.include_usage, events, handle, CHAT, ignored_header(req.ignored))
+        return await complete(service, request, events, handle, CHAT, ignored_header(req.ignored))
+
+    @v1.post("/completions")
+    async def completions(request: Request):
+        with engine.preparing():
+            raw = await read_body(request, config.max_body_bytes)
+            req, row, echo = await service.prepare_completion(raw)
+            events, handle = service.submit(row)
+        if req.stream:
+            return stream(service, req.include_usage, events, handle, TEXT, ignored_header(req.ignored), echo)
+        return await complete(service, request, events, handle, TEXT, ignored_header(req.ignored), echo)
 
     app.include_router(v1)
 

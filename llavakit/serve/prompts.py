@@ -31,6 +31,15 @@ class PromptEncoder:
         with self._lock:
             return self.model.processor.encode_prompt(msgs)
 
+    def encode_text(self, text: str) -> list[int]:
+        """Ids of a raw prompt (``/v1/completions``): the tokenizer's own special-token rule, no template."""
+        with self._lock:
+            return list(self.model.tokenizer(text)["input_ids"])
+
+    def decode(self, ids: list[int]) -> str:
+        with self._lock:
+            return self.model.tokenizer.decode(ids, skip_special_tokens=True)
+
     @property
     def image_token(self) -> str:
         return self.model.processor.image_token

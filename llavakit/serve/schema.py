@@ -1,10 +1,9 @@
-"""OpenAI chat-completions requests → a validated :class:`ChatRequest`; OpenAI-style errors.
+"""OpenAI requests → a validated :class:`ChatRequest` or :class:`CompletionRequest`.
 
 Checked by hand (not by a pydantic model) so that every problem becomes a 4xx with OpenAI's error
 shape ``{"error": {"message", "type", "param", "code"}}`` naming the exact field
-(``messages[0].content[1].image_url.url``). Parameters llavakit does not implement are refused
-unless they carry their neutral value (``n: 1``, ``frequency_penalty: 0``, ...), so nothing a
-client asks for is silently ignored; ``user``, ``metadata`` and ``store`` are accepted as labels.
+(``messages[0].content[1].image_url.url``). Which parameters are honoured, accepted and ignored,
+or refused is :mod:`llavakit.serve.params`.
 """
 
 from __future__ import annotations
@@ -13,33 +12,9 @@ import json
 from dataclasses import dataclass, field
 
 from llavakit.data.templates import ASSISTANT, USER, Message
-from llavakit.errors import LlavakitError
 from llavakit.serve.batch import GenParams
-
-
-class ApiError(LlavakitError):
-    """A request the server refuses: HTTP ``status`` + OpenAI's error body."""
-
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def bad(message: str, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param, code=code)
-
-
-@dataclass
-class Limits:
-    max_tokens_cap: int = 1024  # a request asking for more gets 400
-    default_max_tokens: int = 512  # when the request does not say (capped too)
-    max_images: int = 4  # image parts per request (whole conversation)
-    max_stop: int = 4
+from llavakit.serve.errors import ApiError, bad  # noqa: F401  (re-exported: the API's error type)
+from llavakit.serve.params import Limits, check_names, parse_params  # noqa: F401  (Limits re-exported)
 
 
 @dataclass
@@ -57,68 +32,24 @@ class ChatRequest:
     params: GenParams = field(default_factory=GenParams)
     stream: bool = False
     include_usage: bool = False
+    ignored: list[str] = field(default_factory=list)  # parameters accepted and ignored (response header)
 
 
-_NEUTRAL = {  # accepted only with these values
-    "n": lambda v: v in (None, 1),
-    "frequency_penalty": lambda v: v in (None, 0),
-    "presence_penalty": lambda v: v in (None, 0),
-    "logit_bias": lambda v: v in (None, {}),
-    "logprobs": lambda v: v in (None, False),
-    "top_logprobs": lambda v: v in (None, 0),
-    "tools": lambda v: v in (None, []),
-    "tool_choice": lambda v: v in (None, "none"),
-    "functions": lambda v: v in (None, []),
-    "response_format": lambda v: v is None or v == {"type": "text"},
-    "parallel_tool_calls": lambda v: True,
-}
-_LABELS = {"user", "metadata", "store"}
-_KNOWN = {"model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens",
-          "max_completion_tokens", "stop", "seed"}
+@dataclass
+class CompletionRequest:
+    model: str
+    prompt: str | list[int]  # text, or token ids
+    params: GenParams = field(default_factory=GenParams)
+    stream: bool = False
+    include_usage: bool = False
+    echo: bool = False
+    ignored: list[str] = field(default_factory=list)
 
 
-def _number(body: dict, key: str, lo: float, hi: float, default: float) -> float:
-    value = body.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise bad(f"{key} must be a number between {lo} and {hi}, got {value!r}", key)
-    return float(value)
-
-
-def _int(body: dict, key: str) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise bad(f"{key} must be an integer, got {value!r}", key)
-    return value
-
-
-def _params(body: dict, limits: Limits) -> GenParams:
-    temperature = _number(body, "temperature", 0.0, 2.0, 1.0)
-    top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
-    if top_p == 0:
-        raise bad("top_p must be greater than 0", "top_p")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _int(body, key)
-    if max_tokens is None:
-        max_tokens = min(limits.default_max_tokens, limits.max_tokens_cap)
-    elif max_tokens < 1:
-        raise bad(f"{key} must be at least 1, got {max_tokens}", key)
-    elif max_tokens > limits.max_tokens_cap:
-        raise bad(f"{key} is {max_tokens} but this server allows at most {limits.max_tokens_cap}", key,
-                  "max_tokens_too_large")
-    stop = body.get("stop")
-    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
-        raise bad("stop must be a non-empty string or a list of non-empty strings", "stop")
-    if len(stops) > limits.max_stop:
-        raise bad(f"stop has {len(stops)} strings; at most {limits.max_stop} are allowed", "stop")
-    seed = _int(body, "seed")
-    if seed is not None and not 0 <= seed < 2**63:
-        raise bad(f"seed must be an integer in [0, 2**63), got {seed}", "seed")
-    return GenParams(max_tokens, temperature, top_p, tuple(stops), seed)
+_CHAT_KEYS = {"model", "messages", "stream", "stream_options", "temperature", "top_p", "max_tokens",
+              "max_completion_tokens", "stop", "seed", "top_k", "min_p", "repetition_penalty", "frequency_penalty",
+              "presence_penalty", "logit_bias"}
+_COMPLETION_KEYS = (_CHAT_KEYS - {"messages", "max_completion_tokens"}) | {"prompt", "echo"}
 
 
 def _content(content, where: str, role: str, image_token: str, images: list[ImagePart]) -> str:
@@ -156,22 +87,54 @@ def _content(content, where: str, role: str, image_token: str, images: list[Imag
     return "\n".join(pieces)
 
 
-def parse_chat_request(raw: bytes, limits: Limits, image_token: str = "<image>") -> ChatRequest:
-    """Validate a ``POST /v1/chat/completions`` body; raise :class:`ApiError` (400) on any problem."""
+def _body(raw: bytes, keys: set[str]) -> tuple[dict, list[str]]:
     try:
         body = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise bad(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
-    for key, value in body.items():
-        if key in _NEUTRAL and not _NEUTRAL[key](value):
-            raise bad(f"parameter {key}={value!r} is not supported by this server", key, "unsupported_parameter")
-        if key not in _NEUTRAL and key not in _LABELS and key not in _KNOWN:
-            raise bad(f"unknown parameter {key!r}", key, "unknown_parameter")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
+    ignored = check_names(body, keys)
+    if not isinstance(body.get("model"), str) or not body["model"]:
         raise bad("model must be a non-empty string", "model")
+    return body, ignored
+
+
+def _streaming(body: dict) -> tuple[bool, bool]:
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise bad("stream must be true or false", "stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise bad("stream_options may only hold include_usage", "stream_options")
+    return stream, bool(options.get("include_usage"))
+
+
+def parse_completion_request(raw: bytes, limits: Limits) -> CompletionRequest:
+    """Validate a ``POST /v1/completions`` body (a text prompt; no images); 400 on any problem."""
+    body, ignored = _body(raw, _COMPLETION_KEYS)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    ids = isinstance(prompt, list) and prompt and all(
+        isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in prompt)
+    if not (isinstance(prompt, str) and prompt) and not ids:
+        raise bad("prompt must be a non-empty string, a list of one string, or a list of token ids "
+                  "(one prompt per request)", "prompt")
+    echo = body.get("echo") or False
+    if not isinstance(echo, bool):
+        raise bad("echo must be true or false", "echo")
+    stream, usage = _streaming(body)
+    return CompletionRequest(body["model"], prompt, parse_params(body, limits, default_max_tokens=16), stream, usage,
+                             echo, ignored)
+
+
+def parse_chat_request(raw: bytes, limits: Limits, image_token: str = "<image>") -> ChatRequest:
+    """Validate a ``POST /v1/chat/completions`` body; raise :class:`ApiError` (400) on any problem."""
+    body, ignored = _body(raw, _CHAT_KEYS | {"echo"})
+    if body.get("echo"):
+        raise bad("echo is a /v1/completions parameter", "echo", "unsupported_parameter")
+    model = body["model"]
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise bad("messages must be a non-empty list", "messages")
@@ -201,13 +164,8 @@ def parse_chat_request(raw: bytes, limits: Limits, image_token: str = "<image>")
     if len(images) > limits.max_images:
         raise bad(f"too many images: {len(images)} (this server accepts at most {limits.max_images} per request)",
                   "messages", "too_many_images")
-    stream = body.get("stream") or False
-    if not isinstance(stream, bool):
-        raise bad("stream must be true or false", "stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict) or set(options) - {"include_usage"}:
-        raise bad("stream_options may only hold include_usage", "stream_options")
+    stream, usage = _streaming(body)
     return ChatRequest(
         model=model, turns=turns, images=images, system="\n\n".join(systems) if systems else None,
-        params=_params(body, limits), stream=stream, include_usage=bool(options.get("include_usage")),
+        params=parse_params(body, limits), stream=stream, include_usage=usage, ignored=ignored,
     )

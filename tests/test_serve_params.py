@@ -1,0 +1,149 @@
+"""The API's parameter policy (honoured / accepted-and-ignored / refused), per-row sampling settings,
+special tokens kept out of text, and /v1/completions — driven by the official `openai` client."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import openai
+import pytest
+import torch
+
+from llavakit.data.templates import Message
+from llavakit.serve.batch import GenParams, Row, adjust_logits, generate_rows, sample_probs
+from llavakit.serve.params import HONOURED, IGNORED, NEUTRAL
+from llavakit.serve.prompts import PromptEncoder
+from tests.test_serve_api import MODEL, client, running
+
+HELLO = [{"role": "user", "content": "Hello there"}]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    with running(tiny_model) as srv:
+        yield srv
+
+
+def chat_ids(model) -> list[int]:
+    return PromptEncoder(model).encode([Message("user", "Hello there")])
+
+
+# --- the arithmetic, on logits ------------------------------------------------------------------
+
+def test_penalties_and_bias_follow_their_definitions():
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    out = adjust_logits(logits, GenParams(repetition_penalty=2.0), prompt=[0], reply=[1])
+    assert out.tolist() == [1.0, -4.0, 1.0, 0.5]  # positive / penalty, negative x penalty, unseen unchanged
+    out = adjust_logits(logits, GenParams(frequency_penalty=0.5, presence_penalty=1.0), prompt=[3], reply=[2, 2, 0])
+    assert out.tolist() == pytest.approx([2.0 - 0.5 - 1.0, -2.0, 1.0 - 1.0 - 1.0, 0.5])  # prompt tokens not counted
+    out = adjust_logits(logits, GenParams(logit_bias=((1, 100.0), (99, 5.0))), prompt=[], reply=[])
+    assert out[1] == 98.0 and out.shape == logits.shape  # an id outside the vocabulary is ignored
+    assert logits.tolist() == [2.0, -2.0, 1.0, 0.5]  # the input is not modified
+
+
+def test_top_k_and_min_p_keep_only_the_likely_tokens():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    assert (sample_probs(logits, GenParams(temperature=1.0, top_k=2)) > 0).tolist() == [True, True, False, False]
+    assert (sample_probs(logits, GenParams(temperature=1.0, min_p=0.5)) > 0).tolist() == [True, True, False, False]
+    assert (sample_probs(logits, GenParams(temperature=1.0, top_k=3, top_p=0.6)) > 0).tolist() == [
+        True, True, False, False]
+
+
+def test_special_tokens_never_reach_the_text(tiny_model):
+    im_start = tiny_model.tokenizer.convert_tokens_to_ids("<|im_start|>")
+    row = Row(chat_ids(tiny_model), None, GenParams(6, logit_bias=((im_start, 100.0),)))
+    result = generate_rows(tiny_model, [row])[0]
+    assert result.text == "" and result.completion_tokens == 6 and result.finish_reason == "length"
+    im_end = tiny_model.tokenizer.convert_tokens_to_ids("<|im_end|>")  # the template's stop: ends the row
+    result = generate_rows(tiny_model, [Row(chat_ids(tiny_model), None, GenParams(6, logit_bias=((im_end, 100.0),)))])[0]
+    assert result.text == "" and result.finish_reason == "stop" and result.completion_tokens == 1
+
+
+# --- through the official client ----------------------------------------------------------------
+
+def test_honoured_parameters_reach_the_sampler(server, tiny_model):
+    c = client(server)
+    h = tiny_model.tokenizer.convert_tokens_to_ids("h")
+    forced = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=5, temperature=0,
+                                       logit_bias={str(h): 100})
+    assert forced.choices[0].message.content == "hhhhh"
+    greedy = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0)
+    for extra in ({"top_k": 1}, {"min_p": 1.0}):  # sampling that can only pick the top token = greedy
+        resp = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=1.0, seed=3,
+                                         extra_body=extra)
+        assert resp.choices[0].message.content == greedy.choices[0].message.content, extra
+    settings = dict(frequency_penalty=1.5, presence_penalty=0.5)
+    resp = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=8, temperature=0,
+                                     extra_body={"repetition_penalty": 1.3}, **settings)
+    want = generate_rows(tiny_model, [Row(chat_ids(tiny_model), None,
+                                          GenParams(8, repetition_penalty=1.3, **settings))])[0]
+    assert resp.choices[0].message.content == want.text
+
+
+def test_ignored_parameters_are_accepted_and_named_in_a_header(server):
+    raw = client(server).chat.completions.with_raw_response.create(
+        model=MODEL, messages=HELLO, max_tokens=2, user="u1", metadata={"k": "v"}, store=False,
+        service_tier="auto", reasoning_effort="low", modalities=["text"],
+        prediction={"type": "content", "content": "x"})
+    named = set(raw.headers["x-llavakit-ignored-params"].split(","))
+    assert named == {"user", "metadata", "store", "service_tier", "reasoning_effort", "modalities", "prediction"}
+    assert raw.parse().choices[0].finish_reason == "length"
+    plain = client(server).chat.completions.with_raw_response.create(model=MODEL, messages=HELLO, max_tokens=2)
+    assert "x-llavakit-ignored-params" not in plain.headers
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"n": 2}, "n=2 is not supported"),
+    ({"modalities": ["text", "audio"]}, "text only"),
+    ({"logprobs": True}, "logprobs=True"),
+    ({"extra_body": {"best_of": 3}}, "best_of=3"),
+    ({"extra_body": {"top_k": -5}}, "top_k must be an integer between -1"),
+    ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty must be a number"),
+    ({"logit_bias": {"x": 1}}, "not a token id"),
+    ({"extra_body": {"echo": True}}, "echo is a /v1/completions parameter"),
+    ({"extra_body": {"no_such": 1}}, "unknown parameter 'no_such'"),
+])
+def test_refused_parameters_name_themselves(server, kwargs, needle):
+    with pytest.raises(openai.BadRequestError) as info:
+        client(server).chat.completions.create(model=MODEL, messages=HELLO, max_tokens=2, **kwargs)
+    assert needle in info.value.body["message"]
+
+
+def test_completions_use_the_raw_prompt(server, tiny_model):
+    c = client(server)
+    resp = c.completions.create(model=MODEL, prompt="The cat", max_tokens=6, temperature=0)
+    ids = tiny_model.tokenizer("The cat")["input_ids"]
+    want = generate_rows(tiny_model, [Row(ids, None, GenParams(6))])[0]
+    assert resp.object == "text_completion" and resp.choices[0].text == want.text
+    assert resp.usage.prompt_tokens == len(ids) and resp.usage.completion_tokens == 6
+    assert c.completions.create(model=MODEL, prompt=ids, max_tokens=6, temperature=0).choices[0].text == want.text
+    echoed = c.completions.create(model=MODEL, prompt="The cat", max_tokens=6, temperature=0, echo=True)
+    assert echoed.choices[0].text == "The cat" + want.text
+    chunks = list(c.completions.create(model=MODEL, prompt="The cat", max_tokens=6, temperature=0, stream=True,
+                                       stream_options={"include_usage": True}))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == want.text
+    assert chunks[-1].usage.completion_tokens == 6
+    assert c.completions.create(model=MODEL, prompt="x").usage.completion_tokens <= 16  # OpenAI's default
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"prompt": ""}, "prompt must be a non-empty string"),
+    ({"prompt": ["a", "b"]}, "one prompt per request"),
+    ({"prompt": [10**6]}, "outside the vocabulary"),
+    ({"prompt": "x", "suffix": "y"}, "suffix='y' is not supported"),
+    ({"prompt": "x", "extra_body": {"messages": []}}, "unknown parameter 'messages'"),
+])
+def test_bad_completion_requests(server, kwargs, needle):
+    with pytest.raises(openai.BadRequestError) as info:
+        client(server).completions.create(model=MODEL, max_tokens=2, **kwargs)
+    assert needle in info.value.body["message"]
+
+
+def test_docs_table_is_the_policy():
+    text = (Path(__file__).parents[1] / "docs" / "serving.md").read_text(encoding="utf-8")
+    section = text.split("### Request parameters", 1)[1].split("\n#", 1)[0]
+    rows = dict(re.findall(r"^\| `([a-z_]+)` \| (honoured|ignored|refused unless [^|]+?) \|", section, re.M))
+    assert {k for k, v in rows.items() if v == "honoured"} == set(HONOURED)
+    assert {k for k, v in rows.items() if v == "ignored"} == set(IGNORED)
+    assert {k for k, v in rows.items() if v.startswith("refused")} == set(NEUTRAL)
