@@ -45,7 +45,7 @@ class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if ("%(default)" in text or not action.option_strings
+        if ("%(default)" in text or "default" in text.lower() or not action.option_strings
                 or action.default in (None, False, argparse.SUPPRESS) or isinstance(action, argparse._VersionAction)):
             return text
         return f"{text} (default: %(default)s)".strip()

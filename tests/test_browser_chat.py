@@ -133,3 +133,129 @@ def test_pasting_an_image_attaches_it(page):
     assert page.get_attribute("#preview", "src").startswith("data:image/png;base64,")
     page.click("#clear-image")
     assert page.is_hidden("#preview")
+
+
+def captured(page) -> list[dict]:
+    """The JSON bodies of the page's chat requests, in order."""
+    import json
+
+    bodies: list[dict] = []
+    page.on("request", lambda r: bodies.append(json.loads(r.post_data))
+            if r.url.endswith("/v1/chat/completions") and r.method == "POST" else None)
+    return bodies
+
+
+def ask(page, text: str, k: int) -> None:
+    """Send ``text`` and wait until the ``k``-th answer (0-based) is done."""
+    page.fill("#prompt", text)
+    page.click("#send")
+    page.wait_for_function(f"document.querySelectorAll('.msg.assistant')[{k}]?.dataset.state === 'done'",
+                           timeout=60_000)
+
+
+def image_parts(body: dict) -> list[int]:
+    """Per message of a request, how many image parts it carries."""
+    return [sum(p.get("type") == "image_url" for p in m["content"]) if isinstance(m["content"], list) else 0
+            for m in body["messages"]]
+
+
+def test_six_image_conversation_stays_within_the_image_limit(page, tmp_path):
+    bodies = captured(page)
+    settings(page, "0", "4")
+    for k in range(6):
+        path = tmp_path / f"picture{k}.png"
+        Image.new("RGB", (32, 24), (40 * k, 100, 200 - 30 * k)).save(path)
+        page.set_input_files("#image-input", str(path))
+        page.wait_for_selector("#preview:not([hidden])")
+        ask(page, f"What is in picture {k}?", k)
+    assert page.locator(".msg.assistant[data-state='done']").count() == 6  # no turn failed
+    assert page.locator(".msg.user img").count() == 6  # each image stays on its own turn
+    assert [sum(image_parts(b)) for b in bodies] == [1, 2, 3, 4, 4, 4]  # the server's limit: 4
+    assert image_parts(bodies[-1]) == [0, 0, 0, 0, 1, 0, 1, 0, 1, 0, 1]  # the newest four, each on its turn
+    assert bodies[-1]["messages"][-1]["content"][0]["type"] == "image_url"  # image first, as in training
+    assert "2 earlier images are no longer sent" in page.text_content("#notice")
+
+
+def _sse(text: str) -> str:
+    import json
+
+    chunks = [{"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}]
+    chunks += [{"choices": [{"index": 0, "delta": {"content": text[i:i + 25]}, "finish_reason": None}]}
+               for i in range(0, len(text), 25)]
+    chunks += [{"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+               {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}]
+    return "".join("data: " + json.dumps(c) + "\n\n" for c in chunks) + "data: [DONE]\n\n"
+
+
+def test_markdown_renders_and_markup_in_a_reply_stays_text(page):
+    reply = ("**Bold** and `code` and *soft*\n\n- one\n- two\n\n1. first\n\n"
+             "<img src=x onerror=\"window.pwned=1\"><script>window.pwned=2</script>\n"
+             "[click](javascript:window.pwned=3) [site](https://example.org/)\n```\n<b>kept</b>\n```")
+    page.route("**/v1/chat/completions", lambda route: route.fulfill(
+        status=200, headers={"Content-Type": "text/event-stream"}, body=_sse(reply)))
+    ask(page, "hi", 0)
+    answer = page.locator(".msg.assistant").last
+    assert answer.locator("strong").text_content() == "Bold"
+    assert answer.locator("em").text_content() == "soft"
+    assert answer.locator("p code").text_content() == "code"
+    assert answer.locator("ul li").count() == 2 and answer.locator("ol li").count() == 1
+    assert answer.locator("pre code").text_content() == "<b>kept</b>"
+    assert answer.locator("img, script, b, iframe").count() == 0  # no element from the reply's markup
+    assert '<img src=x onerror="window.pwned=1">' in answer.text_content()  # shown as text
+    assert [answer.locator("a").nth(i).get_attribute("href") for i in range(answer.locator("a").count())] == [
+        "https://example.org/"]  # a javascript: link stays text
+    page.wait_for_timeout(200)
+    assert page.evaluate("window.pwned") is None
+    assert "7 tokens" in answer.locator(".stats").text_content() and "tok/s" in answer.locator(".stats").text_content()
+
+
+def test_copy_regenerate_and_edit_the_last_question(page, server):
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    bodies = captured(page)
+    settings(page, "0", "6")
+    ask(page, "first question", 0)
+    first = page.evaluate("document.querySelector('.msg.assistant').raw")
+    page.click(".msg.assistant .action.copy")
+    page.wait_for_function("document.querySelector('.msg.assistant .action.copy').textContent === 'Copied'")
+    assert page.evaluate("navigator.clipboard.readText()") == first
+    page.click(".action.regenerate")
+    page.wait_for_function("document.querySelectorAll('.msg.assistant').length === 1 && "
+                           "document.querySelector('.msg.assistant').dataset.state === 'done'", timeout=60_000)
+    assert len(bodies) == 2 and bodies[1]["messages"] == bodies[0]["messages"]  # the same question again
+    assert page.evaluate("document.querySelector('.msg.assistant').raw") == first  # greedy: the same answer
+    page.click(".msg.user .action.edit")
+    assert page.input_value("#prompt") == "first question" and page.locator(".msg").count() == 0
+    page.fill("#prompt", "second question")
+    page.click("#send")
+    page.wait_for_function("document.querySelector('.msg.assistant')?.dataset.state === 'done'", timeout=60_000)
+    assert [m["content"] for m in bodies[-1]["messages"]] == ["second question"]
+
+
+def test_conversation_and_settings_survive_a_reload(page):
+    settings(page, "0", "5")
+    ask(page, "keep me", 0)
+    page.reload()
+    page.wait_for_function("document.getElementById('model').textContent === 'tiny-random'")
+    assert page.locator(".msg.user .text").first.text_content() == "keep me"
+    assert page.locator(".msg.assistant").count() == 1 and page.input_value("#max-tokens") == "5"
+    page.click("#new-chat")
+    page.reload()
+    page.wait_for_function("document.getElementById('model').textContent === 'tiny-random'")
+    assert page.locator(".msg").count() == 0
+
+
+def test_sampling_controls_go_into_the_request(page):
+    bodies = captured(page)
+    settings(page, "0.7", "4")
+    page.fill("#top-p", "0.9")
+    page.fill("#seed", "7")
+    page.fill("#stop", "END\nSTOP")
+    ask(page, "hello", 0)
+    body = bodies[-1]
+    assert (body["temperature"], body["top_p"], body["seed"], body["stop"]) == (0.7, 0.9, 7, ["END", "STOP"])
+    assert body["stream_options"] == {"include_usage": True}
+
+
+def test_favicon_is_served(server):
+    resp = httpx.get(server.url + "/favicon.ico")
+    assert resp.status_code == 200 and resp.headers["content-type"].startswith("image/svg")

@@ -161,7 +161,7 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
 
     def model_card() -> dict:
         return {"id": config.model_id, "object": "model", "created": 0, "owned_by": "llavakit",
-                "vision": accepts_images(model)}
+                "vision": accepts_images(model), "max_images": config.limits.max_images}
 
     @app.get("/health")
     async def health():
@@ -199,6 +199,10 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
         return await complete(service, request, events, handle, TEXT, ignored_header(req.ignored), echo)
 
     app.include_router(v1)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
 
     @app.get("/", include_in_schema=False)
     async def index():

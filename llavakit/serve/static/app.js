@@ -1,9 +1,14 @@
 // llavakit web chat: talks to this server's OpenAI-compatible API (/v1/chat/completions, stream: true).
-// Multi-turn state lives here; an attached image goes with the next user message as an image_url part.
+// The conversation lives here (and in localStorage): each image stays attached to the user turn it
+// was sent with; every request re-sends the conversation with the newest images up to the server's
+// per-request limit (GET /v1/models: max_images) and says so when older ones are left out.
+// Replies are rendered by markdown.js, which builds DOM nodes from text (no innerHTML).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { model: null, messages: [], image: null, controller: null };
+const STORE = "llavakit-chat";
+const SETTINGS = ["temperature", "top-p", "max-tokens", "seed", "stop", "system"];
+const state = { model: null, maxImages: 4, messages: [], image: null, controller: null };
 
 function headers() {
   const h = { "Content-Type": "application/json" };
@@ -17,6 +22,11 @@ function showError(text) {
   $("error").hidden = !text;
 }
 
+function showNotice(text) {
+  $("notice").textContent = text || "";
+  $("notice").hidden = !text;
+}
+
 async function loadModel() {
   try {
     const resp = await fetch("/v1/models", { headers: headers() });
@@ -24,6 +34,7 @@ async function loadModel() {
     if (!resp.ok) throw new Error(body.error ? body.error.message : resp.statusText);
     const card = body.data[0];
     state.model = card.id;
+    if (card.max_images) state.maxImages = card.max_images;
     $("model").textContent = card.id + (card.vision ? "" : " (text only)");
     showError("");
   } catch (err) {
@@ -32,18 +43,45 @@ async function loadModel() {
   }
 }
 
+// --- persistence: the conversation and the settings survive a reload ----------------------------
+function save() {
+  const settings = Object.fromEntries(SETTINGS.map((id) => [id, $(id).value]));
+  try {
+    localStorage.setItem(STORE, JSON.stringify({ messages: state.messages, settings }));
+  } catch (err) {  // quota: keep the text, drop the images
+    const light = state.messages.map((m) => ({ ...m, images: [] }));
+    try { localStorage.setItem(STORE, JSON.stringify({ messages: light, settings })); } catch (e) { /* full */ }
+    showNotice("The images of this conversation are too large to keep in the browser; after a reload only its text remains.");
+  }
+}
+
+function restore() {
+  let saved = null;
+  try { saved = JSON.parse(localStorage.getItem(STORE) || "null"); } catch (err) { saved = null; }
+  if (!saved) return;
+  for (const [id, value] of Object.entries(saved.settings || {})) if ($(id) && value !== undefined) $(id).value = value;
+  state.messages = (saved.messages || []).filter((m) => m && (m.role === "user" || m.role === "assistant"));
+  for (const m of state.messages) {
+    const bubble = addBubble(m.role, m.text, m.images);
+    if (m.role === "assistant") bubble.dataset.state = "done";
+  }
+  refreshActions();
+}
+
 // --- image: choose, drop or paste --------------------------------------------------------------
 function setImage(file) {
   if (!file || !file.type.startsWith("image/")) return;
   const reader = new FileReader();
-  reader.onload = () => {
-    state.image = reader.result;
-    $("preview").src = reader.result;
-    $("preview").hidden = false;
-    $("drop-hint").hidden = true;
-    $("clear-image").hidden = false;
-  };
+  reader.onload = () => attach(reader.result);
   reader.readAsDataURL(file);
+}
+
+function attach(url) {
+  state.image = url;
+  $("preview").src = url;
+  $("preview").hidden = false;
+  $("drop-hint").hidden = true;
+  $("clear-image").hidden = false;
 }
 
 function clearImage() {
@@ -72,33 +110,118 @@ drop.addEventListener("drop", (e) => {
 });
 
 // --- chat log ----------------------------------------------------------------------------------
-function addBubble(role, text, image) {
+function addBubble(role, text, images) {
   const div = document.createElement("div");
   div.className = "msg " + role;
-  if (image) {
+  div.raw = text;  // what Copy and Edit take
+  div.images = images || [];
+  for (const url of images || []) {
     const img = document.createElement("img");
-    img.src = image;
+    img.src = url;
     div.appendChild(img);
   }
-  const span = document.createElement("span");
-  span.className = "text";
-  span.textContent = text;
-  div.appendChild(span);
+  const body = document.createElement("div");
+  body.className = "text";
+  if (role === "assistant") Markdown.render(body, text); else body.textContent = text;
+  div.appendChild(body);
   $("log").appendChild(div);
   $("log").scrollTop = $("log").scrollHeight;
   return div;
 }
 
-function note(bubble, text) {
+function note(bubble, text, cls) {
   const n = document.createElement("span");
-  n.className = "note";
+  n.className = "note" + (cls ? " " + cls : "");
   n.textContent = text;
   bubble.appendChild(n);
+}
+
+function button(label, cls, onClick) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "action " + cls;
+  b.textContent = label;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+async function copyText(text, btn) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (err) {  // no clipboard permission: the old way
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.appendChild(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  btn.textContent = "Copied";
+}
+
+// Copy on every answer; Regenerate on the last answer; Edit on the last question.
+function refreshActions() {
+  document.querySelectorAll(".actions").forEach((el) => el.remove());
+  const bubbles = [...document.querySelectorAll("#log .msg")];
+  const lastUser = bubbles.filter((b) => b.classList.contains("user")).pop();
+  const done = bubbles.filter((b) => b.classList.contains("assistant") && b.dataset.state !== "error");
+  done.forEach((b, k) => {
+    const bar = document.createElement("div");
+    bar.className = "actions";
+    bar.appendChild(button("Copy", "copy", (e) => copyText(b.raw, e.target)));
+    if (k === done.length - 1 && b === bubbles[bubbles.length - 1]) bar.appendChild(button("Regenerate", "regenerate", regenerate));
+    b.appendChild(bar);
+  });
+  if (lastUser) {
+    const bar = document.createElement("div");
+    bar.className = "actions";
+    bar.appendChild(button("Edit", "edit", editLast));
+    lastUser.appendChild(bar);
+  }
 }
 
 function setBusy(busy) {
   $("send").disabled = busy;
   $("stop").disabled = !busy;
+  document.querySelectorAll(".action.regenerate, .action.edit").forEach((b) => { b.disabled = busy; });
+}
+
+// --- the request: newest images first, within the server's limit -------------------------------
+function apiMessages() {
+  let budget = state.maxImages, dropped = 0;
+  const out = [];
+  for (let i = state.messages.length - 1; i >= 0; i--) {
+    const m = state.messages[i];
+    const images = m.images || [];
+    if (m.role !== "user" || !images.length) { out.unshift({ role: m.role, content: m.text }); continue; }
+    const parts = [];
+    for (const url of images) {
+      if (budget > 0) { parts.push({ type: "image_url", image_url: { url } }); budget--; } else dropped++;
+    }
+    parts.push({ type: "text", text: m.text });
+    out.unshift({ role: "user", content: parts });
+  }
+  return { messages: out, dropped };
+}
+
+function requestBody() {
+  const { messages, dropped } = apiMessages();
+  showNotice(dropped ? `${dropped} earlier image${dropped > 1 ? "s are" : " is"} no longer sent: this server ` +
+    `takes at most ${state.maxImages} images per request (the newest are kept).` : "");
+  const system = $("system").value.trim();
+  const body = {
+    model: state.model,
+    messages: (system ? [{ role: "system", content: system }] : []).concat(messages),
+    stream: true,
+    stream_options: { include_usage: true },
+    temperature: Number($("temperature").value),
+    top_p: Number($("top-p").value),
+    max_tokens: Number($("max-tokens").value),
+  };
+  if ($("seed").value.trim() !== "") body.seed = Number($("seed").value);
+  const stops = $("stop").value.split("\n").filter((s) => s.length);
+  if (stops.length) body.stop = stops;
+  return body;
 }
 
 // --- streaming: parse server-sent events from the fetch body -----------------------------------
@@ -124,36 +247,21 @@ async function readStream(resp, onChunk) {
   }
 }
 
-async function send(text) {
-  if (!state.model) await loadModel();
-  if (!state.model) return;
-  const image = state.image;
-  const content = image
-    ? [{ type: "image_url", image_url: { url: image } }, { type: "text", text: text }]
-    : text;
-  state.messages.push({ role: "user", content: content });
-  addBubble("user", text, image);
-  clearImage();
+async function generate() {
   const bubble = addBubble("assistant", "");
   const out = bubble.querySelector(".text");
+  let text = "";
   bubble.dataset.state = "streaming";
   bubble.dataset.chunks = "0";
   showError("");
   setBusy(true);
   const controller = new AbortController();
   state.controller = controller;
-  const system = $("system").value.trim();
-  const body = {
-    model: state.model,
-    messages: (system ? [{ role: "system", content: system }] : []).concat(state.messages),
-    stream: true,
-    temperature: Number($("temperature").value),
-    max_tokens: Number($("max-tokens").value),
-  };
-  let finish = null;
+  let finish = null, usage = null;
+  const started = performance.now();
   try {
     const resp = await fetch("/v1/chat/completions", {
-      method: "POST", headers: headers(), body: JSON.stringify(body), signal: controller.signal,
+      method: "POST", headers: headers(), body: JSON.stringify(requestBody()), signal: controller.signal,
     });
     if (!resp.ok) {
       const err = await resp.json().catch(() => ({}));
@@ -161,25 +269,35 @@ async function send(text) {
     }
     await readStream(resp, (chunk) => {
       if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) usage = chunk.usage;
       const choice = chunk.choices && chunk.choices[0];
       if (!choice) return;
       if (choice.delta && choice.delta.content) {
-        out.textContent += choice.delta.content;
+        text += choice.delta.content;
+        bubble.raw = text;
+        Markdown.render(out, text);
         bubble.dataset.chunks = String(Number(bubble.dataset.chunks) + 1);
         $("log").scrollTop = $("log").scrollHeight;
       }
       if (choice.finish_reason) finish = choice.finish_reason;
     });
-    state.messages.push({ role: "assistant", content: out.textContent });
+    state.messages.push({ role: "assistant", text, images: [] });
     bubble.dataset.state = "done";
     if (finish === "length") note(bubble, "(stopped at max tokens)");
+    if (usage) {
+      const seconds = (performance.now() - started) / 1000;
+      note(bubble, `${usage.completion_tokens} tokens · ${(usage.completion_tokens / seconds).toFixed(1)} tok/s · ` +
+        `prompt ${usage.prompt_tokens}`, "stats");
+    }
   } catch (err) {
     if (err.name === "AbortError") {  // the stop button: keep what arrived as the answer
-      state.messages.push({ role: "assistant", content: out.textContent });
+      state.messages.push({ role: "assistant", text, images: [] });
       bubble.dataset.state = "stopped";
       note(bubble, "(stopped)");
     } else {
       state.messages.pop();  // the user turn got no answer: drop it so the conversation stays valid
+      const asked = [...document.querySelectorAll("#log .msg.user")].pop();
+      if (asked) asked.classList.add("unsent");
       bubble.dataset.state = "error";
       note(bubble, "(error)");
       showError(err.message);
@@ -187,7 +305,46 @@ async function send(text) {
   } finally {
     state.controller = null;
     setBusy(false);
+    refreshActions();
+    save();
   }
+}
+
+async function send(text) {
+  if (!state.model) await loadModel();
+  if (!state.model) return;
+  const images = state.image ? [state.image] : [];
+  state.messages.push({ role: "user", text, images });
+  addBubble("user", text, images);
+  clearImage();
+  await generate();
+}
+
+function dropLastBubble(role) {
+  const bubbles = [...document.querySelectorAll("#log .msg." + role)];
+  if (bubbles.length) bubbles[bubbles.length - 1].remove();
+}
+
+function regenerate() {
+  if (state.controller || !state.messages.length || state.messages[state.messages.length - 1].role !== "assistant") return;
+  state.messages.pop();
+  dropLastBubble("assistant");
+  state.messages.length && generate();
+}
+
+function editLast() {
+  if (state.controller) return;
+  const log = [...document.querySelectorAll("#log .msg")];
+  const asked = log.filter((b) => b.classList.contains("user")).pop();
+  if (!asked) return;
+  log.slice(log.indexOf(asked)).forEach((b) => b.remove());  // the question and its answer
+  const k = state.messages.map((m) => m.role).lastIndexOf("user");
+  if (!asked.classList.contains("unsent") && k >= 0) state.messages.length = k;
+  $("prompt").value = asked.raw;
+  if (asked.images.length) attach(asked.images[0]);
+  refreshActions();
+  save();
+  $("prompt").focus();
 }
 
 $("form").addEventListener("submit", (e) => {
@@ -206,10 +363,14 @@ $("new-chat").addEventListener("click", () => {
   state.messages = [];
   $("log").textContent = "";
   showError("");
+  showNotice("");
+  save();
 });
+SETTINGS.forEach((id) => $(id).addEventListener("change", save));
 $("api-key").addEventListener("change", () => {
   sessionStorage.setItem("llavakit-api-key", $("api-key").value);
   loadModel();
 });
 $("api-key").value = sessionStorage.getItem("llavakit-api-key") || "";
+restore();
 loadModel();
