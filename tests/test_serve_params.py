@@ -147,3 +147,41 @@ def test_docs_table_is_the_policy():
     assert {k for k, v in rows.items() if v == "honoured"} == set(HONOURED)
     assert {k for k, v in rows.items() if v == "ignored"} == set(IGNORED)
     assert {k for k, v in rows.items() if v.startswith("refused")} == set(NEUTRAL)
+
+
+IGNORED_SAMPLES = {"user": "u", "metadata": {"a": "b"}, "store": True, "service_tier": "auto",
+                   "reasoning_effort": "low", "verbosity": "low", "parallel_tool_calls": False,
+                   "prediction": {"type": "content", "content": "x"}, "modalities": ["text"],
+                   "skip_special_tokens": True, "spaces_between_special_tokens": False}
+NEUTRAL_REFUSED = {"n": 2, "best_of": 2, "use_beam_search": True, "logprobs": True, "top_logprobs": 2,
+                   "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required",
+                   "functions": [{"name": "f"}], "function_call": {"name": "f"},
+                   "response_format": {"type": "json_object"}, "audio": {"voice": "x"}, "suffix": "tail",
+                   "include_stop_str_in_output": True}
+HONOURED_SAMPLES = {"stream_options": None, "max_completion_tokens": 3, "temperature": 0.5, "top_p": 0.9,
+                    "top_k": 5, "min_p": 0.1, "repetition_penalty": 1.1, "frequency_penalty": 0.1,
+                    "presence_penalty": 0.1, "logit_bias": {"104": 1}, "stop": ["zz"], "seed": 1}
+
+
+def test_every_policy_row_is_exercised_through_the_client(server):
+    """Each ignored parameter: accepted and named in the header; each neutral-only one: accepted with
+    its neutral value, refused with another; each honoured sampling parameter: accepted."""
+    assert set(IGNORED_SAMPLES) == set(IGNORED) and set(NEUTRAL_REFUSED) == set(NEUTRAL)
+    c = client(server)
+    for key, value in IGNORED_SAMPLES.items():
+        raw = c.chat.completions.with_raw_response.create(model=MODEL, messages=HELLO, max_tokens=2,
+                                                          extra_body={key: value})
+        assert raw.headers["x-llavakit-ignored-params"] == key
+    for key, refused in NEUTRAL_REFUSED.items():
+        completions = key in ("suffix", "best_of", "use_beam_search")
+        create = c.completions.create if completions else c.chat.completions.create
+        where = {"prompt": "x"} if completions else {"messages": HELLO}
+        for neutral in NEUTRAL[key][0]:
+            create(model=MODEL, max_tokens=2, extra_body={key: neutral}, **where)
+        with pytest.raises(openai.BadRequestError) as info:
+            create(model=MODEL, max_tokens=2, extra_body={key: refused}, **where)
+        assert info.value.body["param"] == key and info.value.body["code"] == "unsupported_parameter"
+    for key, value in HONOURED_SAMPLES.items():
+        resp = c.chat.completions.create(model=MODEL, messages=HELLO, extra_body={key: value},
+                                         **({} if key == "max_completion_tokens" else {"max_tokens": 3}))
+        assert resp.usage.completion_tokens <= 3, key
