@@ -98,7 +98,7 @@ def test_validate_names_the_bad_input(tmp_path, data_file):
         check(data={"path": str(tmp_path / "missing.json")})
     with pytest.raises(ConfigError, match="data.image_folder: directory .* does not exist"):
         check(data={"path": str(data_file), "image_folder": str(tmp_path / "imgs")})
-    with pytest.raises(ConfigError, match="neither a model preset"):
+    with pytest.raises(ConfigError, match="not a llavakit checkpoint nor a LLaVA model directory"):
         check(model=str(tmp_path))
     with pytest.raises(ConfigError, match="stage 1 trains only the projector"):
         check(tune="lora")

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llavakit.data.processor import Processor
-from llavakit.errors import ConfigError, LlavakitError
+from llavakit.errors import ConfigError, LlavakitError  # noqa: F401
 
 
 def load_tokenizer(lm_config, directory: Path | None = None):
@@ -90,17 +90,25 @@ def num_image_tokens(vision_config, directory: Path | None = None) -> int:
 
 def load_processor(spec: str, template: str | None = None, system_prompt: str | None = None) -> Processor:
     """The processor of a preset name or checkpoint dir (``template`` overrides the model's own)."""
-    from llavakit.model.checkpoint import is_checkpoint, read_config
-    from llavakit.model.presets import PRESETS, get_preset
+    from llavakit.model.checkpoint import read_config
+    from llavakit.model.presets import get_preset
+    from llavakit.model.spec import resolve
 
-    if spec in PRESETS:
+    resolved = resolve(spec)
+    if resolved.kind == "preset":
         config, directory = get_preset(spec), None
-    elif is_checkpoint(spec):
+    elif resolved.kind == "llavakit":
         config, directory = read_config(spec), Path(spec)
-    elif Path(spec).exists():
-        raise LlavakitError(f"{spec} is not a llavakit checkpoint (no llavakit.json in it)")
+    elif resolved.kind in ("hf-llava", "llava-original"):  # the weights hold the answer: load the model once
+        from llavakit.model.checkpoint import load_model
+
+        model = load_model(spec)
+        if template is None and system_prompt is None:
+            return model.processor
+        return Processor(model.tokenizer, template or model.config.template, model.num_image_tokens,
+                         model.config.image_token, model.config.system_prompt if system_prompt is None else system_prompt)
     else:
-        raise LlavakitError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+        raise LlavakitError(f"{spec} is a plain transformers language model, not a LLaVA model")
     tokenizer = load_tokenizer(config.lm, directory)
     if tokenizer.pad_token_id is None:  # as LlavaModel does
         tokenizer.pad_token = tokenizer.eos_token

@@ -20,14 +20,14 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from llavakit.config import from_dict, to_dict
 from llavakit.errors import ConfigError, LlavakitError
 from llavakit.model.config import LlavaConfig
 from llavakit.model.lm import load_lm
 from llavakit.model.llava import LlavaModel
-from llavakit.model.presets import PRESETS, get_preset
+from llavakit.model.presets import get_preset
 from llavakit.model.vision import build_vision_tower
 
 CONFIG_NAME = "llavakit.json"
@@ -56,15 +56,24 @@ def is_checkpoint(path: str | Path) -> bool:
 
 
 def load_model(spec: str, projector: str | None = None, device: str | None = None) -> LlavaModel:
-    """``spec`` is a preset name or a checkpoint dir; ``projector`` an optional stage-1 artifact."""
-    if spec in PRESETS:
+    """``spec``: a preset, a llavakit checkpoint, a transformers Llava dir or an original LLaVA
+    checkpoint (:mod:`llavakit.model.spec`); ``projector`` an optional projector artifact (a
+    llavakit stage-1 dir or ``.safetensors``, or an original ``mm_projector.bin``)."""
+    from llavakit.model.spec import resolve
+
+    resolved = resolve(spec)
+    if resolved.kind == "preset":
         model = build_model(get_preset(spec))
-    elif is_checkpoint(spec):
+    elif resolved.kind == "llavakit":
         model = from_pretrained(spec)
-    elif Path(spec).exists():
-        raise LlavakitError(f"{spec} is not a llavakit checkpoint (no {CONFIG_NAME} in it)")
+    elif resolved.kind in ("hf-llava", "llava-original"):
+        from llavakit.model.foreign import load_foreign
+
+        _quiet_transformers()
+        model = load_foreign(resolved)
     else:
-        raise LlavakitError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+        raise LlavakitError(f"{spec} is a plain transformers language model, not a LLaVA model (no vision tower); "
+                            "chat / serve it with --text-only")
     if projector:
         load_projector(model, projector)
     if device:
@@ -92,7 +101,9 @@ def from_pretrained(directory: str | Path) -> LlavaModel:
 
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     model = LlavaModel(config, tower, lm, tokenizer)
-    state = load_file(directory / PROJECTOR_WEIGHTS)
+    from llavakit.model.foreign import read_tensors
+
+    state = read_tensors(directory / PROJECTOR_WEIGHTS)
     model.projector.load_state_dict(state)
     model.projector.to(dtype=model.dtype)
     model.checkpoint_dir = directory.resolve()  # where it came from (its training.json, if any)
@@ -167,6 +178,18 @@ def save_projector(model: LlavaModel, directory: str | Path) -> Path:
 def load_projector(model: LlavaModel, path: str | Path) -> None:
     """Load a projector artifact (its dir or its .safetensors) onto ``model``; checks it fits."""
     path = Path(path)
+    if path.is_file() and path.suffix in (".bin", ".pt", ".pth"):  # an original LLaVA mm_projector.bin
+        from llavakit.model.foreign import projector_tensors, read_tensors
+
+        state = projector_tensors(read_tensors(path), str(path))
+        try:
+            model.projector.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ConfigError(f"projector {path} does not fit this model's {model.config.projector.kind} projector "
+                              f"({model.vision_tower.hidden_size} → {model.language_model.get_input_embeddings().weight.shape[1]}): "
+                              f"{str(exc).splitlines()[0]}") from None
+        model.projector.to(dtype=model.dtype)
+        return
     directory = path if path.is_dir() else path.parent
     weights = directory / PROJECTOR_WEIGHTS if path.is_dir() else path
     if not weights.is_file():
@@ -181,7 +204,9 @@ def load_projector(model: LlavaModel, path: str | Path) -> None:
                     f"projector artifact {path} does not fit this model: {key} is {meta.get(key)!r} there, "
                     f"{mine[key]!r} here"
                 )
-    state = load_file(weights)
+    from llavakit.model.foreign import read_tensors
+
+    state = read_tensors(weights)
     try:
         model.projector.load_state_dict(state)
     except RuntimeError as exc:

@@ -19,7 +19,7 @@ from torch import nn
 
 from llavakit.data.processor import Processor
 from llavakit.errors import ConfigError, LlavakitError
-from llavakit.model.checkpoint import is_checkpoint, load_model
+from llavakit.model.checkpoint import load_model
 from llavakit.model.config import LMConfig
 from llavakit.model.generation import GenerationMixin
 from llavakit.model.presets import PRESETS
@@ -75,14 +75,19 @@ def _text_lm_config(spec: str) -> LMConfig:
 
 def load_servable(spec: str, text_only: bool = False, template: str | None = None, device: str | None = None):
     """Load ``spec`` for chat / infer / serve (see the module docstring)."""
+    from llavakit.model.spec import resolve
+
+    kind = resolve(spec).kind if (spec in PRESETS or Path(spec).is_dir()) else None
     if not text_only:
-        if spec not in PRESETS and not is_checkpoint(spec) and (Path(spec) / "config.json").is_file():
-            raise LlavakitError(f"{spec} is a plain transformers model, not a llavakit checkpoint; "
+        if kind is None and Path(spec).is_file():
+            raise LlavakitError(f"{spec} is a file, not a LLaVA model; a .gguf language model serves with --text-only")
+        if kind == "transformers-lm":
+            raise LlavakitError(f"{spec} is a plain transformers model, not a LLaVA model; "
                                 "add --text-only to serve it as a text LLM")
         if template is not None:
             raise ConfigError("--template applies to --text-only models; a LLaVA model keeps its trained template")
         return load_model(spec, device=device)
-    if spec in PRESETS or is_checkpoint(spec):
+    if kind in ("preset", "llavakit", "hf-llava", "llava-original"):
         llava = load_model(spec, device=device)
         return TextModel(model_name(spec), llava.language_model, llava.tokenizer,
                          template or llava.config.template, llava.config.system_prompt, llava.config.image_token)

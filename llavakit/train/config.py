@@ -158,28 +158,29 @@ def _check_path(value: str | None, key: str, want: str) -> None:
 
 def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
     """Check everything that can be checked without loading a model; return the batch plan."""
-    from llavakit.model.checkpoint import is_checkpoint
-    from llavakit.model.presets import PRESETS
-
     if cfg.stage not in STAGES:
         raise ConfigError(f"stage {cfg.stage!r} is not one of 1, 2, finetune")
     if cfg.data.path is None:
         raise ConfigError("data.path is required: set it in the config or pass data.path=FILE")
     _check_path(cfg.data.path, "data.path", "file")
     _check_path(cfg.data.image_folder, "data.image_folder", "dir")
-    if cfg.model not in PRESETS and not is_checkpoint(cfg.model):
-        where = "is a directory without llavakit.json" if Path(cfg.model).exists() else "does not exist"
-        raise ConfigError(
-            f"model: {cfg.model!r} is neither a model preset ({', '.join(PRESETS)}) nor a llavakit "
-            f"checkpoint ({cfg.model} {where})"
-        )
+    from llavakit.errors import LlavakitError
+    from llavakit.model.spec import resolve
+
+    try:
+        kind = resolve(cfg.model).kind
+    except LlavakitError as exc:
+        raise ConfigError(f"model: {exc}") from None
+    if kind == "transformers-lm":
+        raise ConfigError(f"model: {cfg.model} is a plain transformers language model, not a LLaVA model: use a "
+                          "model preset whose lm.name_or_path is it, or a LLaVA checkpoint")
     if cfg.stage == 1:
         if cfg.tune == "lora":
             raise ConfigError("stage 1 trains only the projector: tune=lora applies to stage 2 / finetune")
         if cfg.projector is not None:
             _check_path(cfg.projector, "projector", "any")
     elif cfg.stage == 2:
-        if cfg.projector is None and not is_checkpoint(cfg.model):
+        if cfg.projector is None and kind == "preset":
             raise ConfigError(
                 "stage 2 starts from a stage-1 projector: set projector=DIR (the stage-1 run's "
                 f"output_dir/projector), projector={FRESH_PROJECTOR} (no alignment stage: paper Table 8's "
@@ -188,8 +189,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
         if cfg.projector != FRESH_PROJECTOR:
             _check_path(cfg.projector, "projector", "any")
     else:
-        if not is_checkpoint(cfg.model):
-            raise ConfigError(f"finetune continues from a stage-2 checkpoint: model {cfg.model!r} is not one")
+        if kind == "preset":
+            raise ConfigError(f"finetune continues from a stage-2 checkpoint: model {cfg.model!r} is a preset")
         if cfg.projector is not None:
             raise ConfigError("finetune uses the checkpoint's own projector: remove projector")
     if cfg.template is not None:
