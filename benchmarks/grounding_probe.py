@@ -3,6 +3,8 @@
     python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/oracle
     python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/oracle_pos --position 1.0
     python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/oracle_objpos --position-words
+    python benchmarks/grounding_probe.py oracle --run runs/qs --out runs/probe/snapped \
+        --snap runs/qs/align/projector       # a trained connector's cells, each snapped to its nearest target
 
 ``oracle`` replaces the projected image tokens by the targets of ``llavakit align`` computed from
 the annotations (per grid cell the mean of the LM's embeddings of its object's words, background
@@ -81,6 +83,37 @@ def region_ids(cfg, scenes: Path) -> dict[str, list[tuple[str, ...]]]:
     return out
 
 
+def snapped(projector: str, scenes: Path, keys: list, table: torch.Tensor, cells: dict) -> dict:
+    """file name → per cell the key of the target row nearest (cosine) to ``projector``'s output, and
+    the share of cells whose snapped key is the annotation's (printed: the connector's accuracy)."""
+    import torch.nn.functional as F
+
+    from llavakit.data.images import load_image
+    from llavakit.train.feature_cache import FeatureCache
+
+    model = load_model("nano", projector=projector)
+    names = sorted(cells)
+    paths = [str(scenes / "images" / n) for n in names]
+    cache = FeatureCache(None, model.vision_tower)
+    cache.build(paths, load_image, progress=False)
+    unit = F.normalize(table.float(), dim=-1)
+    out, right, total, obj_right, obj_total = {}, 0, 0, 0, 0
+    with torch.no_grad():
+        for k in range(0, len(paths), 256):
+            feats = cache.get(paths[k:k + 256]).float()
+            nearest = (F.normalize(model.projector.float()(feats), dim=-1) @ unit.T).argmax(-1)
+            for n, row in zip(names[k:k + 256], nearest.tolist()):
+                out[n] = [keys[j] for j in row]
+                hits = [(a == b, len(b) > 1) for a, b in zip(out[n], cells[n])]
+                right += sum(h for h, _ in hits)
+                total += len(hits)
+                obj_right += sum(h for h, o in hits if o)
+                obj_total += sum(o for _, o in hits)
+    print(f"snapped {scenes.name}: {100 * right / total:.1f}% of cells, {100 * obj_right / max(obj_total, 1):.1f}% of "
+          "object cells name the annotation's words", file=sys.stderr)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("arm", choices=["oracle"])
@@ -97,6 +130,9 @@ def main() -> int:
     ap.add_argument("--regions", choices=["none", "only", "after-cells"], default="none",
                     help="region tokens: per third of the image the LM's embeddings of its name (' top left') "
                          "then one token of its object's words; instead of the 49 cells or after them")
+    ap.add_argument("--snap", metavar="PROJECTOR",
+                    help="instead of the annotations' words: each cell's output of this (aligned) projector "
+                         "snapped to its nearest target row (cosine) — a connector's content in the oracle's form")
     ap.add_argument("overrides", nargs="*", help="align settings for the oracle targets (e.g. words=[size,color,category])")
     args = ap.parse_intermixed_args()
     run, out = Path(args.run), Path(args.out)
@@ -113,6 +149,9 @@ def main() -> int:
     emb = model.language_model.get_input_embeddings().weight.detach()
     table = word_table(keys, tok, emb)
     where = args.position * word_table(cell_region_words(grid), tok, emb)  # (N, D), zero unless --position
+    if args.snap:  # replace the annotations' cell words by the projector's nearest target row
+        train_cells, held_cells = (snapped(args.snap, run / "scenes" / split, keys, table, cells)
+                                   for split, cells in (("train", train_cells), ("heldout", held_cells)))
 
     train_regions, held_regions = (region_ids(cfg, run / "scenes" / split) for split in ("train", "heldout"))
     rkeys = sorted({k for r in (*train_regions.values(), *held_regions.values()) for k in r} | {(cfg.background,)})
@@ -180,7 +219,7 @@ def main() -> int:
 
     facts, folder = synth.load_scenes(run / "scenes" / "heldout")
     questions = synth.make_questions(facts, folder.name, args.per_category, 0)
-    result = {"arm": args.arm, "align": vars(cfg), "position": args.position, "position_words": args.position_words, "regions": args.regions, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    result = {"arm": args.arm, "align": vars(cfg), "position": args.position, "position_words": args.position_words, "regions": args.regions, "snap": args.snap, "steps": args.steps, "batch": args.batch, "lr": args.lr,
               "train_seconds": round(train_s, 1), "final_loss": losses[-1], "conditions": {}}
     for blind in (False, True):
         answers = {}

@@ -15,7 +15,6 @@ from llavakit.train.align import (
     build_align_config,
     cell_centres,
     cell_words,
-    region_words,
     run_alignment,
     word_table,
 )
@@ -112,30 +111,6 @@ def test_contrastive_term_asks_each_cell_to_be_nearest_its_own_words():
     between[0, 0] = (table[0] + table[1]) / 2
     gap = lambda cfg: (align_loss(between, ids, table, cfg) - align_loss(exact, ids, table, cfg)).item()  # noqa: E731
     assert gap(both) - gap(regression) > 2 * gap(regression) > 0  # the contrastive share dominates
-
-
-def test_region_words_name_the_object_centred_in_each_third():
-    image = {"width": 90, "height": 90}
-    anns = [{"bbox": [0, 0, 30, 30], "category_id": 1, "color": "red"},  # centre (15, 15): top left
-            {"bbox": [0, 0, 20, 20], "category_id": 2, "color": "blue"},  # also top left, smaller: in front
-            {"bbox": [60, 60, 30, 30], "category_id": 1, "color": "green"}]  # bottom right
-    words = region_words(image, anns, NAMES, AlignConfig())
-    assert words[0] == ("blue", "square") and words[8] == ("green", "circle")
-    assert all(w == ("background",) for w in words[1:8])
-
-
-def test_alignment_of_a_region_layout_trains_the_region_tokens(scenes, tmp_path):
-    from llavakit.model import load_model, save_pretrained
-    from llavakit.model.checkpoint import build_model
-    from llavakit.model.presets import get_preset
-
-    config = get_preset("tiny-random")
-    config.projector.layout = "cells+regions"
-    save_pretrained(build_model(config), tmp_path / "base")
-    result = run_alignment(_cfg(scenes, tmp_path, model=str(tmp_path / "base")))
-    acc = result["cell_accuracy"]
-    assert acc["object_regions"] is not None and acc["background_regions"] is not None
-    assert load_model(str(tmp_path / "base"), projector=result["projector"]).config.projector.layout == "cells+regions"
 
 
 def test_alignment_refuses_bad_settings_before_loading_a_model(scenes, tmp_path):

@@ -113,10 +113,6 @@ def load_processor(spec: str, template: str | None = None, system_prompt: str | 
     if tokenizer.pad_token_id is None:  # as LlavaModel does
         tokenizer.pad_token = tokenizer.eos_token
     n = num_image_tokens(config.vision, directory / "vision_tower" if directory is not None else None)
-    if config.projector.layout == "cells+regions":  # as LlavaModel.num_image_tokens
-        from llavakit.model.regions import marker_ids, region_token_count
-
-        n += region_token_count(marker_ids(tokenizer))
     return Processor(
         tokenizer,
         template or config.template,

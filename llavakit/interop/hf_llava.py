@@ -41,11 +41,6 @@ def _check_exportable(model: LlavaModel) -> None:
         raise LlavakitError(
             f"projector {model.config.projector.kind!r} has no transformers Llava equivalent (linear or mlp2x_gelu)"
         )
-    if model.config.projector.layout != "cells":
-        raise LlavakitError(
-            f"projector layout {model.config.projector.layout!r} has no transformers Llava equivalent "
-            "(its named region tokens are not part of Llava's image features); export needs layout 'cells'"
-        )
 
 
 def _projector_state(model: LlavaModel) -> tuple[dict, str]:

@@ -23,12 +23,9 @@ class VisionConfig:
 
 @dataclass
 class ProjectorConfig:
-    """``kind`` is ``linear`` or ``mlp{N}x_gelu`` (see :mod:`llavakit.model.projector`); ``layout``
-    ``cells`` is the paper's (one token per tower cell), ``cells+regions`` adds the nine named region
-    tokens of :mod:`llavakit.model.regions`."""
+    """``kind`` is ``linear`` or ``mlp{N}x_gelu`` (see :mod:`llavakit.model.projector`)."""
 
     kind: str = "mlp2x_gelu"
-    layout: Literal["cells", "cells+regions"] = "cells"
 
 
 @dataclass

@@ -19,7 +19,6 @@ from llavakit.errors import LlavakitError
 from llavakit.model.config import LlavaConfig
 from llavakit.model.generation import GenerationMixin
 from llavakit.model.projector import build_projector
-from llavakit.model import regions as region_tokens
 
 
 class ImageTokenMismatch(LlavakitError, ValueError):
@@ -49,18 +48,15 @@ class LlavaModel(GenerationMixin, nn.Module):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         config.template = resolve_template(config.template, tokenizer)  # checkpoints record the resolved name
-        self.region_markers = (region_tokens.marker_ids(tokenizer) if config.projector.layout == "cells+regions"
-                               else None)
         self.processor = Processor(
-            tokenizer, config.template, self.num_image_tokens, config.image_token, config.system_prompt
+            tokenizer, config.template, vision_tower.num_tokens, config.image_token, config.system_prompt
         )
 
     # --- pieces -------------------------------------------------------------------------------
 
     @property
     def num_image_tokens(self) -> int:
-        extra = region_tokens.region_token_count(self.region_markers) if self.region_markers else 0
-        return self.vision_tower.num_tokens + extra
+        return self.vision_tower.num_tokens
 
     def preprocess(self, images) -> torch.Tensor:
         return self.vision_tower.preprocess(images)
@@ -71,13 +67,7 @@ class LlavaModel(GenerationMixin, nn.Module):
             if pixel_values is None:
                 return None
             image_features = self.vision_tower(pixel_values.to(self.vision_tower_device))
-        features = image_features.to(device=self.device, dtype=self.dtype)
-        cells = self.projector(features)
-        if not self.region_markers:
-            return cells
-        table = self.language_model.get_input_embeddings()
-        names = [table(torch.tensor(ids, device=self.device)) for ids in self.region_markers]
-        return region_tokens.interleave(cells, self.projector(region_tokens.pool_regions(features)), names)
+        return self.projector(image_features.to(device=self.device, dtype=self.dtype))
 
     @property
     def vision_tower_device(self) -> torch.device:

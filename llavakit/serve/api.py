@@ -44,6 +44,8 @@ class ServeConfig:
     model_id: str
     api_key: str | None = None  # Bearer token; None: no auth
     max_body_bytes: int = 20 * 1024 * 1024
+    body_timeout: float = 30.0  # seconds for a whole request body to arrive
+    allowed_origins: tuple[str, ...] = ()  # browser origins besides this server's own (e.g. http://localhost:3000)
     limits: Limits = field(default_factory=Limits)
     images: ImagePolicy = field(default_factory=ImagePolicy)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -148,7 +150,19 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
         return JSONResponse(err.body(), status_code=500)
 
     async def authenticate(request: Request) -> None:
-        """Bearer-key check for /v1/* (a dependency, so streaming responses are not wrapped)."""
+        """Origin, then Bearer key, for /v1/* (a dependency, so streaming responses are not wrapped).
+
+        A browser sends ``Origin`` with a cross-site request; one that is neither this server's own
+        (same host and port as ``Host``) nor in ``allowed_origins`` is refused (403), key or no key:
+        a web page the user visits cannot drive a server on their machine.
+        """
+        origin = request.headers.get("origin")
+        if origin is not None and origin not in config.allowed_origins:
+            own = {f"http://{request.headers.get('host', '')}", f"https://{request.headers.get('host', '')}"}
+            if origin not in own:
+                raise ApiError(403, f"requests from the web origin {origin[:100]} are refused (this server allows "
+                               "its own page; start it with --allow-origin ORIGIN to allow another)",
+                               code="origin_forbidden")
         if not config.api_key:
             return
         header = request.headers.get("authorization", "")
@@ -180,8 +194,8 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
 
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
+        raw = await read_body(request, config.max_body_bytes, config.body_timeout)  # holds no engine slot
         with engine.preparing():  # a batch being collected waits for this request
-            raw = await read_body(request, config.max_body_bytes)
             req, row = await service.prepare(raw)
             events, handle = service.submit(row)
         if req.stream:
@@ -190,8 +204,8 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
 
     @v1.post("/completions")
     async def completions(request: Request):
+        raw = await read_body(request, config.max_body_bytes, config.body_timeout)
         with engine.preparing():
-            raw = await read_body(request, config.max_body_bytes)
             req, row, echo = await service.prepare_completion(raw)
             events, handle = service.submit(row)
         if req.stream:

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="a preset (nano, tiny-random, ...), a llavakit checkpoint dir, or with "
                         "--text-only also a transformers LM dir or a .gguf file")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="TCP port, 1-65535")
     parser.add_argument("--model-id", help="the id clients send as `model` (default: the preset or dir name)")
     parser.add_argument("--text-only", action="store_true", help="serve only the language model (no images)")
     parser.add_argument("--template", help="conversation template for --text-only models (default: chat_template)")
@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sec = parser.add_argument_group("security")
     sec.add_argument("--api-key", default=os.environ.get("LLAVAKIT_API_KEY"),
                      help="require Authorization: Bearer KEY on /v1/* (default: $LLAVAKIT_API_KEY, else none)")
+    sec.add_argument("--allow-origin", metavar="ORIGIN", action="append", default=[],
+                     help="a browser origin (e.g. http://localhost:3000) whose pages may call the API; repeatable "
+                          "(default: only this server's own page)")
     sec.add_argument("--allow-local-files", metavar="DIR", type=Path,
                      help="let requests name image files inside DIR (default: refused)")
     sec.add_argument("--allow-remote-images", action="store_true",
@@ -46,6 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="per image (default 4096x4096)")
     lim.add_argument("--max-images", type=int, default=4, help="image parts per request (default 4)")
     lim.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask for")
+    lim.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a request body to arrive")
     lim.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none")
     eng = parser.add_argument_group("batching")
     eng.add_argument("--max-batch-size", type=int, default=16, help="requests per shared generate call")
@@ -68,6 +72,10 @@ def config_from_args(args, model_id: str):
             raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_body_mb <= 0:
         raise ConfigError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
+    if not args.body_timeout > 0:
+        raise ConfigError(f"--body-timeout must be > 0, got {args.body_timeout}")
     root = args.allow_local_files
     if root is not None and not root.is_dir():
         raise ConfigError(f"--allow-local-files {root}: not a directory")
@@ -76,6 +84,8 @@ def config_from_args(args, model_id: str):
         model_id=model_id,
         api_key=args.api_key or None,
         max_body_bytes=body,
+        body_timeout=args.body_timeout,
+        allowed_origins=tuple(args.allow_origin),
         limits=Limits(args.max_tokens_cap, min(args.default_max_tokens, args.max_tokens_cap), args.max_images),
         images=ImagePolicy(max_pixels=args.max_image_pixels, max_bytes=body, local_root=root,
                            allow_remote=args.allow_remote_images,

@@ -9,7 +9,9 @@
   reserved addresses are refused unless ``--allow-private-image-hosts``.
 
 Every image is checked against ``max_pixels`` from its header *before* it is decoded, so a
-decompression bomb costs nothing. Problems raise :class:`~llavakit.serve.schema.ApiError` (400)
+decompression bomb costs nothing — and so is the square it becomes in ``pad`` mode (longer side
+squared): a 100-byte 20000x1 PNG would otherwise cost a 20000x20000 canvas. A remote fetch has
+one deadline for the whole transfer (a trickling host cannot hold a request longer). Problems raise :class:`~llavakit.serve.schema.ApiError` (400)
 naming the request field.
 """
 
@@ -57,6 +59,10 @@ def decode_image(data: bytes, param: str, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise bad(f"{param}: the image is {width}x{height} = {width * height} pixels; this server accepts at "
                   f"most {max_pixels}", param, "image_too_large")
+    if max(width, height) ** 2 > max_pixels:
+        raise bad(f"{param}: the image is {width}x{height}; padded to a square it would be {max(width, height)}² "
+                  f"pixels, over this server's {max_pixels} (crop or resize its long side to at most "
+                  f"{int(max_pixels ** 0.5)})", param, "image_too_large")
     try:
         img.load()
         return to_rgb(img)
@@ -163,7 +169,11 @@ async def fetch_bytes(part: ImagePart, policy: ImagePolicy) -> bytes:
     if url.startswith("data:"):
         return _from_data_url(url, part.param)
     if is_remote(url):
-        return await _from_remote(url, part.param, policy)
+        try:
+            return await asyncio.wait_for(_from_remote(url, part.param, policy), policy.remote_timeout)
+        except asyncio.TimeoutError:
+            raise bad(f"{part.param}: fetching the image took longer than {policy.remote_timeout} s", part.param,
+                      "image_fetch_failed") from None
     scheme = urlparse(url).scheme
     if scheme in ("", "file") or (len(scheme) == 1 and url[1:3] in (":\\", ":/")):  # paths (incl. C:\ on Windows)
         return await asyncio.to_thread(_from_file, url, part.param, policy)

@@ -26,8 +26,14 @@ from llavakit.serve.prompts import DEFAULT, PromptEncoder
 from llavakit.serve.schema import ChatRequest, CompletionRequest, parse_chat_request, parse_completion_request
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes — by header or while reading."""
+async def read_body(request: Request, limit: int, timeout: float | None = None) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes — by header or while reading —
+    and (408) a body not complete within ``timeout`` seconds (a client that sends a byte and stalls)."""
+    if timeout is not None:
+        try:
+            return await asyncio.wait_for(read_body(request, limit), timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout") from None
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -90,6 +96,12 @@ class RequestService:
             raise bad(f"the prompt is {len(ids)} tokens and max_tokens is {max_new_tokens}, over the "
                       f"model's context of {self.context_length}", param, "context_length_exceeded")
 
+    def _check_text_size(self, chars: int, param: str) -> None:
+        """Refuse before tokenizing a text no context could hold (a token is rarely over 32 characters)."""
+        if self.context_length and chars > 32 * self.context_length:
+            raise bad(f"the prompt is {chars} characters, far over the model's context of {self.context_length} "
+                      "tokens", param, "context_length_exceeded")
+
     def _check_model(self, name: str) -> None:
         if name != self.config.model_id:
             raise ApiError(404, f"model {name!r} does not exist here; this server serves "
@@ -98,6 +110,7 @@ class RequestService:
     def build_row(self, req: ChatRequest, blobs: list[bytes]) -> Row:  # runs in a worker thread (CPU)
         images = [decode_image(b, p.param, self.config.images.max_pixels) for b, p in zip(blobs, req.images)]
         pixels = self.model.preprocess(images) if images else None
+        self._check_text_size(sum(len(t.content) for t in req.turns) + len(req.system or ""), "messages")
         try:
             ids = self.prompts.encode(req.turns, DEFAULT if req.system is None else req.system)
         except LlavakitError as exc:
@@ -108,6 +121,7 @@ class RequestService:
     def build_completion_row(self, req: CompletionRequest) -> tuple[Row, str]:  # worker thread
         """The row and the echo text (the prompt as text when ``echo``, else "")."""
         if isinstance(req.prompt, str):
+            self._check_text_size(len(req.prompt), "prompt")
             ids = self.prompts.encode_text(req.prompt)
         else:
             ids = list(req.prompt)

@@ -90,8 +90,18 @@ def _content(content, where: str, role: str, image_token: str, images: list[Imag
 def _body(raw: bytes, keys: set[str]) -> tuple[dict, list[str]]:
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise bad(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError; also a 5000-digit integer
+        raise bad(f"the request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
+    except RecursionError:
+        raise bad("the request body is nested too deeply", code="invalid_json") from None
+    try:
+        raw.decode("utf-8").encode("utf-8")
+        json.dumps(body, ensure_ascii=False).encode("utf-8")  # a lone surrogate (\ud800) cannot be text
+    except UnicodeError:
+        raise bad("the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text",
+                  code="invalid_json") from None
+    except RecursionError:
+        raise bad("the request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
     ignored = check_names(body, keys)

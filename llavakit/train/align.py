@@ -131,21 +131,6 @@ def cell_words(image: dict, anns: list[dict], names: dict[int, str], cfg: AlignC
     return cells
 
 
-def region_words(image: dict, anns: list[dict], names: dict[int, str], cfg: AlignConfig) -> list[tuple[str, ...]]:
-    """The words of each region token (``llavakit.model.regions``): the smallest object whose box
-    centre lies in that third of the image, or ``(background,)``."""
-    from llavakit.model.regions import region_of
-
-    slots: list[tuple[float, tuple[str, ...]]] = [(math.inf, (cfg.background,))] * 9
-    for a in anns:
-        k = region_of(a["bbox"], float(image["width"]), float(image["height"]))
-        area = float(a["bbox"][2]) * float(a["bbox"][3])
-        if area < slots[k][0]:
-            slots[k] = (area, tuple(str(names[a["category_id"]] if f == "category" else a[f]) for f in cfg.words
-                                    if (f == "category" or a.get(f) not in (None, ""))))
-    return [words for _, words in slots]
-
-
 def read_instances(cfg: AlignConfig) -> tuple[list[dict], dict[int, list[dict]], dict[int, str]]:
     """Images, annotations by image id and category names; malformed entries name themselves."""
     from llavakit.datagen.jsonio import load_json
@@ -271,15 +256,9 @@ def run_alignment(cfg: AlignConfig) -> dict:
         raise DataError(f"align: no image of {cfg.instances} could be read from {cfg.image_folder}")
     cells = [cell_words(images[i], by_image[int(images[i]["id"])], names, cfg, grid, tower.config.image_mode,
                         tower.image_size) for i in keep]
-    regions = None
-    if model.region_markers:  # projector.layout cells+regions: the nine region tokens learn their thirds too
-        from llavakit.model.regions import pool_regions
-
-        regions = [region_words(images[i], by_image[int(images[i]["id"])], names, cfg) for i in keep]
-    keys = sorted({k for c in cells + (regions or []) for k in c})
+    keys = sorted({k for c in cells for k in c})
     index = {k: j for j, k in enumerate(keys)}
     ids = torch.tensor([[index[k] for k in c] for c in cells])
-    region_ids = torch.tensor([[index[k] for k in r] for r in regions]) if regions else None
     table = word_table(keys, model.tokenizer, model.language_model.get_input_embeddings().weight.detach())
     kept = [paths[i] for i in keep]
 
@@ -307,10 +286,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
     losses = []
     for step in bar:
         pick = train[torch.randint(len(train), (cfg.batch_size,), generator=gen)]
-        feats = features(pick)
-        loss = align_loss(projector(feats), ids[pick], table, cfg)
-        if region_ids is not None:
-            loss = loss + align_loss(projector(pool_regions(feats)), region_ids[pick], table, cfg)
+        loss = align_loss(projector(features(pick)), ids[pick], table, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -324,10 +300,6 @@ def run_alignment(cfg: AlignConfig) -> dict:
     background = index[(cfg.background,)] if (cfg.background,) in index else -1
     evaluated = held if len(held) else train
     accuracy, norm = evaluate_cells(projector, features, evaluated, ids, table, background)
-    if region_ids is not None:
-        pooled, _ = evaluate_cells(projector, lambda rows: pool_regions(features(rows)), evaluated, region_ids,
-                                   table, background)
-        accuracy.update({"object_regions": pooled["object_cells"], "background_regions": pooled["background_cells"]})
     result = {
         "config": to_dict(cfg),
         "images": len(keep), "heldout_images": len(held), "unreadable": dict(report.bad),
@@ -372,10 +344,8 @@ def run(args: argparse.Namespace) -> int:
                               "output_dir": args.out, "progress": not args.quiet}, args.overrides)
     result = run_alignment(cfg)
     acc = result["cell_accuracy"]
-    regions = (f"; region tokens objects {acc['object_regions']}% / background {acc['background_regions']}%"
-               if "object_regions" in acc else "")
     print(f"aligned {result['images']} images in {result['seconds']:.0f} s: final loss {result['final_loss']:.4f}, "
           f"cell accuracy ({result['cell_accuracy_on']}) objects {acc['object_cells']}% / background "
-          f"{acc['background_cells']}%{regions}, token norm {result['token_norm']} (targets {result['target_norm']})")
+          f"{acc['background_cells']}%, token norm {result['token_norm']} (targets {result['target_norm']})")
     print(f"projector: {result['projector']}  (stage 1 / 2: projector={result['projector']})")
     return 0

@@ -1,0 +1,107 @@
+"""The server against careless and hostile clients: every case is a 4xx naming the problem, and the
+server keeps serving (keep-alive connections stay usable)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import subprocess
+import sys
+
+import httpx
+import pytest
+from PIL import Image
+
+from llavakit.serve.engine import EngineConfig
+from tests.test_serve_api import MODEL, running
+
+HELLO = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    with running(tiny_model, body_timeout=1.0, allowed_origins=("http://localhost:3000",),
+                 engine=EngineConfig(max_queue=2)) as srv:
+        yield srv
+
+
+def post(client: httpx.Client, srv, content: bytes | str, **headers) -> httpx.Response:
+    return client.post(srv.url + "/v1/chat/completions", content=content,
+                       headers={"Content-Type": "application/json", **headers}, timeout=60)
+
+
+@pytest.mark.parametrize("name, body, needle", [
+    ("nested 100k deep", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("lone surrogate", '{"model": "tiny-random", "messages": [{"role": "user", "content": "\\ud800"}]}',
+     "lone UTF-16 surrogate"),
+    ("5000-digit max_tokens", '{"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], '
+     '"max_tokens": ' + "9" * 5000 + "}", "not valid JSON"),
+])
+def test_malformed_bodies_are_400_and_the_connection_stays_usable(server, name, body, needle):
+    with httpx.Client() as client:
+        resp = post(client, server, body)
+        assert resp.status_code == 400, resp.text
+        assert needle in resp.json()["error"]["message"]
+        assert post(client, server, __import__("json").dumps(HELLO)).status_code == 200  # same connection
+
+
+def _png(width: int, height: int) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (1, 2, 3)).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_thin_image_is_not_padded_into_a_huge_square(server):
+    body = {**HELLO, "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": _png(20000, 1)}}, {"type": "text", "text": "hi"}]}]}
+    resp = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "image_too_large"
+    assert "padded to a square" in resp.json()["error"]["message"]
+
+
+def test_a_huge_prompt_is_refused_before_tokenizing(server):
+    body = {**HELLO, "messages": [{"role": "user", "content": "x" * 2_000_000}]}
+    resp = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "context_length_exceeded"
+    assert "2000000 characters" in resp.json()["error"]["message"]
+
+
+def test_stalled_bodies_time_out_and_hold_no_slot(server):
+    host, port = server.url.removeprefix("http://").split(":")
+    stalled = []
+    for _ in range(4):  # more than max_queue (2): each would otherwise hold a "preparing" slot
+        s = socket.create_connection((host, int(port)))
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{")
+        stalled.append(s)
+    try:
+        assert httpx.post(server.url + "/v1/chat/completions", json=HELLO, timeout=60).status_code == 200
+        stalled[0].settimeout(30)
+        reply = stalled[0].recv(4096).decode()
+        assert reply.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in reply
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_cross_site_posts_are_refused_by_origin(server):
+    evil = httpx.post(server.url + "/v1/chat/completions", content='{"model": "x"}',
+                      headers={"Origin": "http://evil.example", "Content-Type": "text/plain"}, timeout=60)
+    assert evil.status_code == 403 and evil.json()["error"]["code"] == "origin_forbidden"
+    own = server.url  # the page served by this server
+    assert httpx.post(server.url + "/v1/chat/completions", json=HELLO, headers={"Origin": own},
+                      timeout=60).status_code == 200
+    assert httpx.post(server.url + "/v1/chat/completions", json=HELLO, headers={"Origin": "http://localhost:3000"},
+                      timeout=60).status_code == 200
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--port", "99999"], "--port must be between 1 and 65535, got 99999"),
+    (["--body-timeout", "0"], "--body-timeout must be > 0, got 0.0"),
+])
+def test_serve_options_are_checked_before_the_model_loads(args, needle):
+    proc = subprocess.run([sys.executable, "-m", "llavakit", "serve", "tiny-random", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"llavakit serve: error: {needle}"]
