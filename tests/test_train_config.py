@@ -198,3 +198,21 @@ def test_heap_trimmer_trims_on_a_linux_cpu_only():
     assert heap_trimmer(torch.device("meta"))() is None  # not a CPU: a no-op
     if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
         assert heap_trimmer(torch.device("cpu"))() in (0, 1)  # glibc's malloc_trim ran (1: memory released)
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+    ("optim.lr=.inf", "optim.lr must be a finite number, got inf"),
+    ("optim.eps=-1", "optim.eps must be > 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay >= 0"),
+    ("optim.betas=[0.9,.nan]", "optim.betas[1] must be a finite number"),
+])
+def test_check_refuses_non_finite_and_negative_optimizer_numbers(tmp_path, override, needle):
+    from llavakit.train.presets import build_config
+
+    data_file = tmp_path / "d.json"
+    data_file.write_text("[]")
+    cfg = build_config(None, "tiny-stage1", [f"data.path={data_file}", f"output_dir={tmp_path / 'o'}", override], "1")
+    with pytest.raises(ConfigError) as info:
+        validate(cfg)
+    assert needle in str(info.value)

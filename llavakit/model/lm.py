@@ -142,14 +142,32 @@ def build_byte_tokenizer():
 
 
 def _load_from_dir(path: str, dtype: torch.dtype, with_tokenizer: bool = True):
+    """A transformers LM dir, refusing (naming the dir) a config / weights mismatch or a corrupt file."""
+    import pickle
+
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path) if with_tokenizer else None
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
     except OSError as exc:
         raise ConfigError(f"language model {path!r} cannot be loaded: {exc}") from None
+    except (SafetensorError, pickle.UnpicklingError, EOFError) as exc:  # a truncated / corrupt weight file
+        raise LlavakitError(f"language model {path}: its weight file is unreadable ({type(exc).__name__}: "
+                            f"{str(exc)[:200]})") from None
+    missing = [k for k in info.get("missing_keys", []) if k not in _tied_keys(model)]
+    if missing or info.get("mismatched_keys"):
+        what = (f"{len(missing)} tensors its config.json asks for are missing from its weights (first: {missing[0]})"
+                if missing else f"tensors of the wrong shape (first: {info['mismatched_keys'][0]})")
+        raise LlavakitError(f"language model {path}: config.json and weights disagree — {what}; "
+                            "a model loaded so would run with random layers")
     return model, tokenizer
+
+
+def _tied_keys(model) -> set[str]:
+    """Keys that may be absent because they are tied to the input embeddings."""
+    return {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
 
 
 def load_lm(config: LMConfig, directory: Path | None = None):

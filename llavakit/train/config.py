@@ -8,6 +8,8 @@ size) so a mistake is one clear line, not a traceback after a minute of model lo
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -199,8 +201,17 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
         if cfg.template not in TEMPLATES:
             raise ConfigError(f"template {cfg.template!r} is not one of {', '.join(TEMPLATES)}")
     o = cfg.optim
+    numbers = {"optim.lr": o.lr, "optim.projector_lr": o.projector_lr, "optim.eps": o.eps,
+               "optim.weight_decay": o.weight_decay, "optim.max_grad_norm": o.max_grad_norm, "epochs": cfg.epochs,
+               "optim.warmup_ratio": o.warmup_ratio, "lora.dropout": cfg.lora.dropout,
+               **{f"optim.betas[{i}]": b for i, b in enumerate(o.betas)}}
+    for key, value in numbers.items():  # NaN passes every comparison below; inf breaks the optimizer later
+        if value is not None and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value}")
     if o.lr <= 0 or (o.projector_lr is not None and o.projector_lr <= 0):
         raise ConfigError("optim.lr and optim.projector_lr must be > 0")
+    if o.eps <= 0 or o.weight_decay < 0:
+        raise ConfigError(f"optim.eps must be > 0 and optim.weight_decay >= 0, got {o.eps} and {o.weight_decay}")
     if not 0 <= o.warmup_ratio < 1:
         raise ConfigError(f"optim.warmup_ratio must be in [0, 1), got {o.warmup_ratio}")
     if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
