@@ -82,3 +82,31 @@ def test_chat_cli_reports_a_missing_image(monkeypatch, capsys):
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["chat", "tiny-random", "--image", "/no/such/image.png"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_save_to_a_directory_or_under_a_file_keeps_the_session(tiny_model, image_path, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("x")
+    chat = session(tiny_model)
+    chat.set_image(str(image_path))
+    out, err = io.StringIO(), io.StringIO()
+    lines = ["What is this?", f"/save {tmp_path}", f"/save {blocker / 'chat.json'}", "Still there?"]
+    assert run_session(chat, lines, out, err) == 2
+    assert "that is a directory" in err.getvalue() and "cannot write it" in err.getvalue()
+    assert "Traceback" not in err.getvalue() and len(chat.turns) == 4  # the conversation went on
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_failed_image_switch_says_which_image_the_chat_is_about(tiny_model, image_path):
+    chat = session(tiny_model)
+    chat.set_image(str(image_path))
+    err = io.StringIO()
+    assert run_session(chat, ["/image /no/such.png"], io.StringIO(), err) == 1
+    assert f"the conversation stays about {image_path}" in err.getvalue()
+
+
+def test_a_prompt_over_the_context_is_refused(tiny_model):
+    chat = session(tiny_model, max_new_tokens=10)
+    err = io.StringIO()
+    assert run_session(chat, ["word " * 3000], io.StringIO(), err) == 1
+    assert "over the model's context of 2048 tokens" in err.getvalue() and chat.turns == []

@@ -47,7 +47,11 @@ class ChatSession:
 
         if not accepts_images(self.model):
             raise LlavakitError("this model is a text-only LLM: it cannot take images")
-        self.image = load_image(path)
+        try:
+            self.image = load_image(path)
+        except LlavakitError as exc:  # say which image the next question is about
+            still = f"the conversation stays about {self.image_path}" if self.image_path else "there is no image"
+            raise LlavakitError(f"{exc}; {still}") from None
         self.image_path = path
         self.turns = []
 
@@ -63,7 +67,9 @@ class ChatSession:
         content = f"{token}\n{text}" if first and self.image is not None else text
         turns = [*self.turns, Message(USER, content)]
         pixels = self.model.preprocess([self.image]) if self.image is not None else None
-        row = Row(self.prompts.encode(turns, self.system), pixels, self.params, on_text=on_text)
+        ids = self.prompts.encode(turns, self.system)
+        self.prompts.check_context(ids, self.params.max_new_tokens, "the conversation with this question")
+        row = Row(ids, pixels, self.params, on_text=on_text)
         result = generate_rows(self.model, [row])[0]
         self.turns = [*turns, Message(ASSISTANT, result.text)]
         return result.text
@@ -82,10 +88,17 @@ class ChatSession:
         if not self.turns:
             raise LlavakitError("nothing to save yet: ask something first")
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise LlavakitError(f"/save {path}: that is a directory; give a file name (e.g. {target / 'chat.json'})")
         tmp = target.with_name(target.name + ".tmp")
-        tmp.write_text(json.dumps([self.record()], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps([self.record()], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            os.replace(tmp, target)
+        except OSError as exc:  # a parent that is a file, no permission, a full disk: the chat goes on
+            if tmp.parent.is_dir():
+                tmp.unlink(missing_ok=True)
+            raise LlavakitError(f"/save {path}: cannot write it ({exc.strerror or exc}); the conversation is kept") from None
         return target
 
 

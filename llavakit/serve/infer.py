@@ -170,6 +170,7 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
                 text = _prompt(q, prompts.image_token, image is not None)
                 try:
                     ids = prompts.encode([Message(USER, text)], DEFAULT if system is None else system)
+                    prompts.check_context(ids, max_new_tokens)
                 except LlavakitError as exc:
                     raise DataError(f"question {q['question_id']}: {exc}") from None
                 pixels = model.preprocess([image]) if image is not None else None
