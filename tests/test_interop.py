@@ -57,3 +57,21 @@ def test_export_refuses_efficientnet_tower_by_name():
     cfg.vision = get_preset("nano").vision
     with pytest.raises(LlavakitError, match="tower is 'efficientnet-lite0'"):
         to_hf_llava(build_model(cfg))
+
+
+@pytest.mark.parametrize("mode", ["pad", "square", "resize"])
+def test_exported_processor_gives_llavakits_pixels_for_a_non_square_image(tmp_path, mode):
+    import numpy as np
+    from transformers import AutoProcessor
+
+    cfg = get_preset("tiny-random")
+    cfg.vision.image_mode = mode
+    model = build_model(cfg).eval()
+    export_hf_llava(model, tmp_path / "hf")
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (30, 52, 3), dtype=np.uint8))
+    theirs = processor.image_processor(images=[image], return_tensors="pt")["pixel_values"]
+    ours = model.preprocess([image])
+    assert theirs.shape == ours.shape
+    std = torch.tensor(model.vision_tower.std).view(1, 3, 1, 1)
+    assert ((theirs - ours).abs() * std).max() <= 2 / 255 + 1e-6  # within 2 of 255 levels, in 0-1 pixel units

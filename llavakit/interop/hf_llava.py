@@ -13,14 +13,14 @@ The exported directory loads with ``LlavaForConditionalGeneration.from_pretraine
 - the ``<image>`` token gets a row in the LM's embeddings (transformers embeds the placeholder id
   before replacing it); that row is suppressed in generation.
 
-Preprocessing: transformers' CLIP/SigLIP processors resize + centre-crop (our ``square`` mode);
-a model trained with ``pad`` or ``resize`` sees slightly different pixels through that processor —
-the export prints a warning saying so.
+Preprocessing follows the model's image mode: ``pad`` → ``LlavaImageProcessor(do_pad=True)`` with
+the tower's mean colour (LLaVA-1.5's), ``square`` → ``CLIPImageProcessor`` (resize + centre crop),
+``resize`` → a processor that resizes to the square without cropping. Through ``AutoProcessor`` a
+non-square image gives pixels within 2/255 of llavakit's own (PIL resampling of the same geometry).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import torch
@@ -106,16 +106,12 @@ def to_hf_llava(model: LlavaModel):
 
 def export_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     """Write model + processor (image processor, tokenizer with ``<image>``, chat template)."""
-    from transformers import CLIPImageProcessor, LlavaProcessor
+    from transformers import LlavaProcessor
 
     out_dir = Path(out_dir)
     hf = to_hf_llava(model)
     tower: HFVisionTower = model.vision_tower
-    size = tower.image_size
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size},
-        image_mean=list(tower.mean), image_std=list(tower.std), do_convert_rgb=True,
-    )
+    image_processor = _image_processor(model.config.vision.image_mode, tower)
     patch = int(tower.model.config.patch_size)
     processor = LlavaProcessor(
         image_processor=image_processor,
@@ -128,11 +124,19 @@ def export_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     )
     hf.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
-    if model.config.vision.image_mode != "square":
-        print(
-            f"llavakit export: this model was trained with image_mode={model.config.vision.image_mode!r}; "
-            "transformers' processor resizes + centre-crops instead. Pre-pad images to a square with the "
-            f"mean colour {tuple(round(m, 3) for m in tower.mean)} to match training exactly.",
-            file=sys.stderr,
-        )
     return out_dir
+
+
+def _image_processor(mode: str, tower: HFVisionTower):
+    """transformers' image processor that does what ``mode`` does (see the module docstring)."""
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers.models.llava.image_processing_pil_llava import LlavaImageProcessorPil
+
+    size = tower.image_size
+    common = dict(image_mean=list(tower.mean), image_std=list(tower.std), do_convert_rgb=True)
+    if mode == "pad":
+        return LlavaImageProcessorPil(do_pad=True, background_color=tuple(int(round(c * 255)) for c in tower.mean),
+                                      size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **common)
+    if mode == "square":
+        return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **common)
+    return CLIPImageProcessorPil(size={"height": size, "width": size}, do_center_crop=False, **common)
