@@ -265,3 +265,20 @@ def test_training_attention_does_not_leak_into_the_saved_model(tmp_path, tiny_mo
     assert session.unwrapped.language_model.config._attn_implementation == "eager"
     result = session.train()
     assert load_model(str(result.artifact)).language_model.config._attn_implementation == "sdpa"
+
+
+def test_deterministic_training_does_not_leak_into_the_caller(tmp_path, tiny_model):
+    data, images = write_captions(tmp_path, 4)
+    assert not torch.are_deterministic_algorithms_enabled()
+    session = TrainSession(train_config(tmp_path, 1, data, images, max_steps=1, deterministic=True))
+    assert torch.are_deterministic_algorithms_enabled()  # on while the stage trains
+    rows = session.train()
+    assert not torch.are_deterministic_algorithms_enabled() and rows.steps == 1
+
+
+def test_the_first_optimizer_step_learns(tmp_path, tiny_model):
+    data, images = write_captions(tmp_path, 4)
+    session = TrainSession(train_config(tmp_path, 1, data, images, max_steps=1))
+    before = snapshot(session.unwrapped)
+    session.train()
+    assert changed(before, snapshot(session.unwrapped)) == _names(session.unwrapped, "projector.")

@@ -19,6 +19,7 @@ from typing import Sequence
 
 import torch
 
+from llavakit.data.processor import IGNORE_INDEX
 from llavakit.errors import ConfigError, DataError
 
 
@@ -65,10 +66,10 @@ def _losses(model, records: Sequence[dict], image_folder: Path, batch_size: int,
                     pixel_values=batch["pixel_values"].to(device), return_logits=True)
         logits = out.logits[:, :-1].float()
         labels = batch["labels"][:, 1:].to(device)
-        tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        tok = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
         for row, i in enumerate(idx):
             kind = str(ds.records[ds.record_index(i)].get("type", "all"))
-            n = int((labels[row] != -100).sum())
+            n = int((labels[row] != IGNORE_INDEX).sum())
             sums[kind] += float(tok[row].sum())
             counts[kind] += n
     return {k: (sums[k] / counts[k], counts[k]) for k in sums}

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Subset
 from llavakit.data.batching import Collator, ImageLoader, LengthGroupedSampler, pixel_image_fn
 from llavakit.data.dataset import LlavaDataset
 from llavakit.data.images import load_image
+from llavakit.data.processor import IGNORE_INDEX
 from llavakit.errors import DataError
 from llavakit.train.config import BatchPlan, TrainConfig
 from llavakit.train.feature_cache import FeatureCache
@@ -157,7 +158,7 @@ def null_batch(model, device, use_features: bool) -> dict:
     """A one-image batch with nothing supervised: keeps ranks in step when a micro-batch lost every sample."""
     n = model.num_image_tokens
     ids = torch.full((1, n), model.image_token_id, dtype=torch.long, device=device)
-    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, -100)}
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.full_like(ids, IGNORE_INDEX)}
     tower = model.vision_tower
     if use_features:
         batch["image_features"] = torch.zeros(1, n, tower.hidden_size, device=device)

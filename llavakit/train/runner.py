@@ -243,6 +243,7 @@ class TrainSession:
         if resume and latest is None:
             _say(accelerator, f"--resume: no checkpoint in {out / 'checkpoints'} yet; starting from the beginning")
         _say(accelerator, f"stage {cfg.stage}: {plan.describe()}")
+        self.deterministic_before = torch.are_deterministic_algorithms_enabled()  # restored after train()
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         set_seed(cfg.seed)
@@ -295,6 +296,7 @@ class TrainSession:
                 self.position = self.loop.run(self.data, self.position, self.steps, out, log, f"stage {cfg.stage}")
         finally:
             log.close()
+            torch.use_deterministic_algorithms(self.deterministic_before)  # no leak into the next stage / caller
         if accelerator.is_main_process:
             self.data.write_report(out / "skipped.json")
         artifact = _save_artifact(cfg, accelerator, self.model, out)
