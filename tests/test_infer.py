@@ -115,3 +115,36 @@ def test_infer_cli(qset, tmp_path, capsys):
     assert "0 new answer(s), 7" in capsys.readouterr().out
     rows = read(out)
     assert len(rows) == 7 and rows[0]["model_id"] == "tiny-random"
+
+
+def test_an_image_field_that_is_not_a_path_names_its_record(tmp_path):
+    qfile = tmp_path / "q.jsonl"
+    qfile.write_text(json.dumps({"question_id": "q9", "image": 42, "text": "hi"}) + "\n")
+    with pytest.raises(DataError, match=r"record 1 \(question_id 'q9'\): image must be a file path .* got 42"):
+        read_questions(qfile)
+
+
+def test_images_must_stay_inside_the_image_folder(tiny_model, qset, tmp_path):
+    _, folder, _ = qset
+    outside = tmp_path / "secret.png"
+    Image.new("RGB", (8, 8)).save(outside)
+    (folder / "link.png").symlink_to(outside)
+    for image in ("../secret.png", str(outside), "link.png"):
+        with pytest.raises(DataError, match="resolves outside --image-folder"):
+            run_inference(tiny_model, [{"question_id": "x", "image": image, "text": "hi"}], folder,
+                          tmp_path / "a.jsonl", max_new_tokens=2, progress=False)
+
+
+def test_a_corrupt_image_stops_or_is_skipped_and_listed(tiny_model, qset, tmp_path):
+    questions, folder, _ = qset
+    (folder / "1.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="question 1: image .*1.png cannot be decoded"):
+        run_inference(tiny_model, questions, folder, tmp_path / "a.jsonl", max_new_tokens=2, progress=False)
+    out = run_inference(tiny_model, questions, folder, tmp_path / "b.jsonl", max_new_tokens=2, progress=False,
+                        skip_bad_images=True)
+    assert [r["question_id"] for r in read(out)] == [q["question_id"] for q in questions if q["question_id"] != 1]
+    assert list(json.loads((tmp_path / "b.jsonl.skipped.json").read_text())) == ["1"]
+    Image.new("RGB", (8, 8)).save(folder / "1.png")  # fixed: the rerun answers it and drops the list
+    run_inference(tiny_model, questions, folder, tmp_path / "b.jsonl", max_new_tokens=2, progress=False,
+                  skip_bad_images=True)
+    assert len(read(out)) == len(questions) and not (tmp_path / "b.jsonl.skipped.json").exists()

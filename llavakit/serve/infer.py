@@ -28,7 +28,10 @@ Python API (used by the eval verbs)::
     ) -> Path
 
 Resumable: ids already in ``out_path`` are skipped; a torn last line (a killed run) is dropped and
-its question answered again. Missing images are reported (ids + paths) before any generation.
+its question answered again. Missing images are reported (ids + paths) before any generation. With
+an image folder, a question's image must resolve (symlinks followed) inside it. An image that cannot
+be decoded stops the run naming its question, unless ``skip_bad_images``: then the question is left
+unanswered, listed in ``<out>.skipped.json`` (id → reason), and tried again by the next run.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import uuid
 import zlib
 from pathlib import Path
@@ -72,6 +76,9 @@ def read_questions(path: str | Path) -> list[dict]:
     for n, rec in numbered:
         if not isinstance(rec, dict) or "question_id" not in rec or not isinstance(rec.get("text"), str):
             raise DataError(f"{path} record {n}: needs question_id and a string text")
+        if rec.get("image") is not None and not (isinstance(rec["image"], str) and rec["image"]):
+            raise DataError(f"{path} record {n} (question_id {rec['question_id']!r}): image must be a file path "
+                            f"(a non-empty string), got {rec['image']!r}")
     return [rec for _, rec in numbered]
 
 
@@ -126,6 +133,12 @@ def _check_images(pending: list[dict], folder: Path | None, vision: bool) -> Non
     if with_image and not vision:
         raise DataError(f"{len(with_image)} question(s) have images (e.g. {with_image[0]['question_id']}) but the "
                         "model is a text-only LLM")
+    if folder is not None:
+        root = folder.resolve()
+        outside = [q for q in with_image if not (root / q["image"]).resolve().is_relative_to(root)]
+        if outside:
+            raise DataError(f"question {outside[0]['question_id']}: image {outside[0]['image']!r} resolves outside "
+                            f"--image-folder {folder} ({len(outside)} question(s) like it)")
     missing = [(q["question_id"], str((folder or Path(".")) / q["image"])) for q in with_image
                if not ((folder or Path(".")) / q["image"]).is_file()]
     if missing:
@@ -136,7 +149,8 @@ def _check_images(pending: list[dict], folder: Path | None, vision: bool) -> Non
 def run_inference(model, questions: Sequence[dict], image_folder, out_path, batch_size: int = 8,
                   max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
                   model_id: str | None = None, num_shards: int = 1, shard_index: int = 0, progress: bool = True,
-                  image_override=None, system: str | None = None, seed: int = 0, stop: Sequence[str] = ()) -> Path:
+                  image_override=None, system: str | None = None, seed: int = 0, stop: Sequence[str] = (),
+                  skip_bad_images: bool = False) -> Path:
     """Answer ``questions`` in batches into ``out_path`` (see the module docstring)."""
     from llavakit.progress import bar as progress_bar
 
@@ -159,14 +173,23 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
     model_id = model_id or getattr(getattr(model, "config", None), "name", None) or getattr(model, "name", "llavakit")
     prompts = PromptEncoder(model)
     bar = progress_bar(total=len(mine), initial=len(mine) - len(pending), desc="infer", unit="q", show=progress)
+    skipped: dict[str, str] = {}
     with open(out_path, "a", encoding="utf-8") as out:
         for start in range(0, len(pending), batch_size):
-            batch = pending[start:start + batch_size]
-            rows = []
-            for q in batch:
+            batch, rows = [], []
+            for q in pending[start:start + batch_size]:
                 image = None
                 if q.get("image"):
-                    image = image_override if image_override is not None else load_image((folder or Path(".")) / q["image"])
+                    try:
+                        image = image_override if image_override is not None else load_image(
+                            (folder or Path(".")) / q["image"])
+                    except DataError as exc:
+                        if not skip_bad_images:
+                            raise DataError(f"question {q['question_id']}: {exc} (--skip-bad-images leaves such "
+                                            "questions out and lists them)") from None
+                        skipped[str(q["question_id"])] = str(exc)
+                        continue
+                batch.append(q)
                 text = _prompt(q, prompts.image_token, image is not None)
                 try:
                     ids = prompts.encode([Message(USER, text)], DEFAULT if system is None else system)
@@ -183,8 +206,15 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
             out.flush()
             os.fsync(out.fileno())
-            bar.update(len(batch))
+            bar.update(min(start + batch_size, len(pending)) - start)
     bar.close()
+    report = out_path.with_name(out_path.name + ".skipped.json")
+    if skipped:
+        report.write_text(json.dumps(skipped, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(f"llavakit infer: {len(skipped)} question(s) left out (image unreadable), listed in {report}",
+              file=sys.stderr)
+    elif report.exists():
+        report.unlink()  # an earlier run's list: every question is answered now
     return out_path
 
 
@@ -202,6 +232,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-id", help="model_id written to each answer (default: the model's name)")
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--shard-index", type=int, default=0)
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave out questions whose image cannot be decoded (listed in OUT.skipped.json) "
+                             "instead of stopping")
     parser.add_argument("--blind", action="store_true",
                         help="replace every image by a blank one (does the model use the image at all?)")
     parser.add_argument("--text-only", action="store_true", help="load only the language model (or a plain LM dir / .gguf)")
@@ -230,7 +263,7 @@ def run(args) -> int:
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
         model_id=args.model_id or model_name(args.model), num_shards=args.num_shards, shard_index=args.shard_index,
         progress=not args.quiet, image_override=blank_image(model) if args.blind else None,
-        system=args.system, seed=args.seed,
+        system=args.system, seed=args.seed, skip_bad_images=args.skip_bad_images,
     )
     total = len(answered_ids(out))
     print(f"llavakit infer: {total - before} new answer(s), {total} in {out}")
