@@ -78,6 +78,8 @@ class LLMConfig:
         key = os.environ.get(self.api_key_env, "")
         if key:
             return key
+        if self.api_key_env != LLMConfig.api_key_env:  # named on purpose: an unset variable is a mistake
+            raise ConfigError(f"--api-key-env {self.api_key_env}: that environment variable is not set")
         if self.base_url is None:
             raise ConfigError(f"the OpenAI API needs a key: set the environment variable {self.api_key_env} "
                               "(or pass --base-url for a server without keys)")

@@ -165,3 +165,24 @@ def test_template_teacher_refuses_real_coco(coco, tmp_path, capsys):
     args[4] = str(tmp_path / "plain.json")
     assert main(args) == 2
     assert "for real COCO use --teacher openai" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bbox", [[float("nan"), 0, 1, 1], [0, 0, -1, 2], "oops"])
+def test_a_bad_bbox_names_its_annotation(bbox):
+    from llavakit.datagen.coco import CocoImage, box_lines
+
+    image = CocoImage(id=5, file_name="a.png", width=10, height=10, captions=["c"],
+                      annotations=[{"id": 77, "bbox": bbox, "category_id": 1}])
+    with pytest.raises(DataError, match="image 5: annotation 77: bbox"):
+        box_lines(image, {1: "cat"})
+
+
+def test_a_named_api_key_variable_that_is_unset_is_an_error(monkeypatch):
+    from llavakit.errors import ConfigError
+    from llavakit.llm_client import LLMConfig
+
+    monkeypatch.delenv("MY_TEACHER_KEY", raising=False)
+    with pytest.raises(ConfigError, match="--api-key-env MY_TEACHER_KEY: that environment variable is not set"):
+        LLMConfig(model="m", base_url="http://localhost:1/v1", api_key_env="MY_TEACHER_KEY").api_key()
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert LLMConfig(model="m", base_url="http://localhost:1/v1").api_key() == "not-needed"  # a local server
