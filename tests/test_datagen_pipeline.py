@@ -236,3 +236,16 @@ def test_bad_arguments(world, tmp_path, capsys):
                        (["--teacher", "openai"], "needs --model"), (["--model", "m"], "only apply to --teacher openai")]:
         assert main(base + extra) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(tmp_path):
+    from llavakit.datagen.pipeline import exclusive
+    from llavakit.errors import ConfigError
+
+    lock = tmp_path / "out.cache" / ".shard-0-of-1.lock"
+    with exclusive(lock, "out.json"):
+        with pytest.raises(ConfigError, match="out.json is being written by another run"):
+            with exclusive(lock, "out.json"):
+                pass
+    with exclusive(lock, "out.json"):  # free again once the first run ends
+        pass

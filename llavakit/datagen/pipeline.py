@@ -18,10 +18,9 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter, defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from llavakit.progress import bar as progress_bar
 
 from llavakit.datagen.cache import CacheWriter, read_cache
 from llavakit.datagen.coco import read_coco
@@ -31,6 +30,7 @@ from llavakit.datagen.teachers import TEACHERS, Job, OpenAITeacher, Outcome, Tem
 from llavakit.datagen.template_teacher import TEMPLATE_TYPES
 from llavakit.errors import ConfigError
 from llavakit.llm_client import LLMConfig
+from llavakit.progress import bar as progress_bar
 
 IMAGE_TOKEN = "<image>"
 
@@ -143,10 +143,36 @@ def build_jobs(cfg: DatagenConfig):
     return coco, images, teachers, jobs
 
 
+@contextmanager
+def exclusive(path: Path, what: str):
+    """Hold an advisory lock on ``path`` for the block; a second holder is refused at once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise ConfigError(f"{what} is being written by another run (lock {path}); wait for it to finish or "
+                          "use another --out") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 def run_datagen(cfg: DatagenConfig) -> dict:
-    t0 = time.perf_counter()
+    """Generate (resuming from the cache); two runs on one output and shard are refused, not paid twice."""
     out = Path(cfg.out)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else out.with_name(out.name + ".cache")
+    with exclusive(cache_dir / f".shard-{cfg.shard_index}-of-{cfg.shard_count}.lock", str(out)):
+        return _run_datagen(cfg, out, cache_dir)
+
+
+def _run_datagen(cfg: DatagenConfig, out: Path, cache_dir: Path) -> dict:
+    t0 = time.perf_counter()
     coco, images, teachers, jobs = build_jobs(cfg)
     cache = read_cache(cache_dir)
 
