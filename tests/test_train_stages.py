@@ -88,6 +88,15 @@ def test_lora_changes_only_adapters_and_projector_and_saves_merged(tmp_path, tin
         ref = model(**batch).loss
         got = merged(**batch).loss
     assert got == pytest.approx(float(ref), rel=1e-4)
+    # the adapter also leaves in PEFT's own format: PeftModel on the untouched base LM gives the same loss
+    from peft import PeftModel
+
+    adapter = tmp_path / "out" / "adapter"
+    assert (adapter / "adapter_config.json").is_file() and (adapter / "projector").is_dir()
+    base = load_model("tiny-random", projector=str(adapter / "projector"))
+    base.language_model = PeftModel.from_pretrained(base.language_model, adapter).eval()
+    with torch.no_grad():
+        assert base(**batch).loss == pytest.approx(float(ref), rel=1e-4)
 
 
 def test_finetune_starts_from_a_stage2_checkpoint(tmp_path, tiny_model):

@@ -374,6 +374,9 @@ def _save_artifact(cfg: TrainConfig, accelerator, model, out: Path) -> Path:
     if accelerator.is_main_process:
         (save_projector if cfg.stage == 1 else save_pretrained)(final, target)
         write_provenance(cfg, target)
+        if hasattr(final.language_model, "peft_config"):  # tune=lora: the adapter as PEFT writes it, too
+            final.language_model.save_pretrained(out / "adapter")
+            save_projector(final, out / "adapter" / "projector")
     return target
 
 
