@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_train_support import changed, snapshot, train_config, write_captions, write_instructions
 
-from llavakit.errors import ConfigError
+from llavakit.errors import ConfigError, LlavakitError
 from llavakit.model import load_model, load_projector, save_pretrained, save_projector
 from llavakit.train.runner import TrainSession
 
@@ -291,3 +291,21 @@ def test_the_first_optimizer_step_learns(tmp_path, tiny_model):
     before = snapshot(session.unwrapped)
     session.train()
     assert changed(before, snapshot(session.unwrapped)) == _names(session.unwrapped, "projector.")
+
+
+def test_resume_falls_back_from_a_corrupt_latest_checkpoint_and_says_so(tmp_path, tiny_model, capsys):
+    data, images = write_captions(tmp_path, 8)
+    cfg = train_config(tmp_path, 1, data, images, max_steps=2, **{"checkpoint.every": 1, "checkpoint.keep_last": 2})
+    TrainSession(cfg).train()
+    steps = sorted((tmp_path / "out" / "checkpoints").iterdir())
+    assert [p.name for p in steps] == ["step-0000001", "step-0000002"]
+    optimizer = steps[1] / "optimizer-r0.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:-200])  # a torn write
+    session = TrainSession(cfg, resume=True)
+    assert session.latest == steps[0]
+    assert "step-0000002 cannot be read (optimizer-r0.pt" in capsys.readouterr().err
+    assert session.train().steps == 2
+    for step in steps:  # nothing readable at all: one clear error
+        (step / "trainable.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(LlavakitError, match="no checkpoint in .* can be read"):
+        TrainSession(cfg, resume=True)

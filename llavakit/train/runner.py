@@ -106,6 +106,10 @@ def _check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
             f"{out} already holds checkpoints (latest {latest.name}): pass --resume to continue that run, "
             "or choose another output_dir"
         )
+    good = ckpt.latest_good_checkpoint(out, say=lambda text: print(f"llavakit train: {text}", file=sys.stderr))
+    if good is None:
+        raise LlavakitError(f"--resume: no checkpoint in {out / 'checkpoints'} can be read; start a new output_dir")
+    latest = good
     saved_path = out / "config.json"
     if saved_path.is_file():
         try:

@@ -52,6 +52,47 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
+def checkpoint_problem(directory: Path) -> str | None:
+    """Why ``directory`` cannot be resumed from (a torn or corrupt file), or None when it is whole.
+
+    Reads every file once without building tensors: ``state.json`` parses, the safetensors header
+    matches the file's size, and each ``.pt`` (a zip archive) passes its CRC check.
+    """
+    import zipfile
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        read_position(directory)
+    except (OSError, ValueError, TypeError) as exc:
+        return f"state.json: {exc}"
+    try:
+        with safe_open(directory / "trainable.safetensors", "pt") as handle:
+            for key in handle.keys():
+                handle.get_slice(key)
+    except (OSError, SafetensorError) as exc:
+        return f"trainable.safetensors: {exc}"
+    for path in sorted(directory.glob("*.pt")):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                bad = archive.testzip()
+        except (OSError, zipfile.BadZipFile) as exc:
+            return f"{path.name}: {exc}"
+        if bad is not None:
+            return f"{path.name}: {bad} fails its CRC check"
+    return None
+
+
+def latest_good_checkpoint(output_dir: str | Path, say=print) -> Path | None:
+    """The newest checkpoint that :func:`checkpoint_problem` passes; each one skipped is said, with why."""
+    for directory in reversed([d for d in checkpoint_dirs(output_dir) if (d / "state.json").is_file()]):
+        problem = checkpoint_problem(directory)
+        if problem is None:
+            return directory
+        say(f"--resume: {directory.name} cannot be read ({problem}); trying the one before it")
+    return None
+
+
 def rng_state() -> dict:
     np_state = np.random.get_state()
     state = {
