@@ -100,9 +100,20 @@ def test_image_part_goes_through_the_vision_tower(server, tiny_model):
     resp = client(server).chat.completions.create(
         model=MODEL, messages=[image_message(data_url(raw))], max_tokens=7, temperature=0)
     img = Image.open(io.BytesIO(raw)).convert("RGB")
-    want = expected(tiny_model, [Message("user", "What is in the image?\n<image>")], 7, [img])
+    # the client sent text, then image; the server places it first, as training does
+    want = expected(tiny_model, [Message("user", "<image>\nWhat is in the image?")], 7, [img])
     assert resp.choices[0].message.content == want.text
     assert resp.usage.prompt_tokens == want.prompt_tokens  # includes the image's 16 token positions
+
+
+def test_image_placement_keep_uses_the_clients_order(tiny_model):
+    raw = png_bytes()
+    with running(tiny_model, image_placement="keep") as srv:
+        resp = client(srv).chat.completions.create(
+            model=MODEL, messages=[image_message(data_url(raw))], max_tokens=7, temperature=0)
+    img = Image.open(io.BytesIO(raw)).convert("RGB")
+    want = expected(tiny_model, [Message("user", "What is in the image?\n<image>")], 7, [img])
+    assert resp.choices[0].message.content == want.text
 
 
 def test_system_and_multi_turn_messages(server, tiny_model):

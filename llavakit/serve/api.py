@@ -45,7 +45,8 @@ class ServeConfig:
     api_key: str | None = None  # Bearer token; None: no auth
     max_body_bytes: int = 20 * 1024 * 1024
     body_timeout: float = 30.0  # seconds for a whole request body to arrive
-    allowed_origins: tuple[str, ...] = ()  # browser origins besides this server's own (e.g. http://localhost:3000)
+    allowed_origins: tuple[str, ...] = ()
+    image_placement: str = "first"  # a first turn's single image goes before its text, as in training ("keep": as sent)  # browser origins besides this server's own (e.g. http://localhost:3000)
     limits: Limits = field(default_factory=Limits)
     images: ImagePolicy = field(default_factory=ImagePolicy)
     engine: EngineConfig = field(default_factory=EngineConfig)

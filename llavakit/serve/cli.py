@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="let the server fetch http(s) image URLs (default: refused, no SSRF); public hosts only")
     sec.add_argument("--allow-private-image-hosts", action="store_true",
                      help="with --allow-remote-images: also fetch from loopback / private / link-local addresses")
+    parser.add_argument("--image-placement", choices=["first", "keep"], default="first",
+                        help="where a first question's single image goes: before its text, as in training "
+                             "(first), or where the client put it (keep)")
     lim = parser.add_argument_group("limits")
     lim.add_argument("--max-body-mb", type=float, default=20.0, help="request body limit (default 20 MB)")
     lim.add_argument("--max-image-pixels", type=int, default=4096 * 4096, help="per image (default 4096x4096)")
@@ -86,6 +89,7 @@ def config_from_args(args, model_id: str):
         max_body_bytes=body,
         body_timeout=args.body_timeout,
         allowed_origins=tuple(args.allow_origin),
+        image_placement=args.image_placement,
         limits=Limits(args.max_tokens_cap, min(args.default_max_tokens, args.max_tokens_cap), args.max_images),
         images=ImagePolicy(max_pixels=args.max_image_pixels, max_bytes=body, local_root=root,
                            allow_remote=args.allow_remote_images,

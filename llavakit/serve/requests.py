@@ -132,7 +132,7 @@ class RequestService:
         return Row(ids, None, req.params), echo
 
     async def prepare(self, raw: bytes) -> tuple[ChatRequest, Row]:
-        req = parse_chat_request(raw, self.config.limits, self.prompts.image_token)
+        req = parse_chat_request(raw, self.config.limits, self.prompts.image_token, self.config.image_placement)
         self._check_model(req.model)
         if req.images and not accepts_images(self.model):
             raise bad(f"model {self.config.model_id!r} is a text-only LLM: it does not accept image_url parts",

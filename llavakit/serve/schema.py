@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from llavakit.data.processor import place_image
 from llavakit.data.templates import ASSISTANT, USER, Message
 from llavakit.serve.batch import GenParams
 from llavakit.serve.errors import ApiError, bad  # noqa: F401  (re-exported: the API's error type)
@@ -139,8 +140,13 @@ def parse_completion_request(raw: bytes, limits: Limits) -> CompletionRequest:
                              echo, ignored)
 
 
-def parse_chat_request(raw: bytes, limits: Limits, image_token: str = "<image>") -> ChatRequest:
-    """Validate a ``POST /v1/chat/completions`` body; raise :class:`ApiError` (400) on any problem."""
+def parse_chat_request(raw: bytes, limits: Limits, image_token: str = "<image>",
+                       image_placement: str = "first") -> ChatRequest:
+    """Validate a ``POST /v1/chat/completions`` body; raise :class:`ApiError` (400) on any problem.
+
+    ``image_placement`` ``first`` (the default, as training places it) moves a first user turn's
+    single image before its text, whatever the order of the parts (clients such as lmms-eval send
+    text, then image); ``keep`` keeps the client's order."""
     body, ignored = _body(raw, _CHAT_KEYS | {"echo"})
     if body.get("echo"):
         raise bad("echo is a /v1/completions parameter", "echo", "unsupported_parameter")
@@ -174,6 +180,7 @@ def parse_chat_request(raw: bytes, limits: Limits, image_token: str = "<image>")
     if len(images) > limits.max_images:
         raise bad(f"too many images: {len(images)} (this server accepts at most {limits.max_images} per request)",
                   "messages", "too_many_images")
+    turns = place_image(turns, image_token, image_placement, None)
     stream, usage = _streaming(body)
     return ChatRequest(
         model=model, turns=turns, images=images, system="\n\n".join(systems) if systems else None,
