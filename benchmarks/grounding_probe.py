@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from contextlib import nullcontext
@@ -239,7 +238,7 @@ def main() -> int:
         result["conditions"]["blind" if blind else "image"] = scores
     (out / "probe.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     img, bl = result["conditions"]["image"], result["conditions"]["blind"]
-    print(f"| category | oracle tokens (%) | blind (%) |\n| --- | --- | --- |")
+    print("| category | oracle tokens (%) | blind (%) |\n| --- | --- | --- |")
     for cat in synth.CATEGORIES:
         if cat in img["categories"]:
             print(f"| {cat} | {img['categories'][cat]['accuracy']:.1f} | {bl['categories'][cat]['accuracy']:.1f} |")

@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         seq, conc, formed = bench_serve(args)
         speed = conc["req_per_s"] / seq["req_per_s"]
         token_speed = conc["tokens_per_s"] / seq["tokens_per_s"]
-        for name, r in ((f"serve sequential (1 client)", seq), (f"serve concurrent ({args.clients} clients)", conc)):
+        for name, r in (("serve sequential (1 client)", seq), (f"serve concurrent ({args.clients} clients)", conc)):
             rows.append((name, r["requests"], f"{r['wall_s']:.1f}", f"{r['req_per_s']:.2f}", f"{r['p50_s']:.2f}",
                          f"{r['p95_s']:.2f}", f"{r['tokens_per_s']:.1f}"))
         rows.append(("  concurrent / sequential throughput", "", "", f"{speed:.2f}x", "", "",

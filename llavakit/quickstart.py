@@ -139,10 +139,9 @@ class Quickstart:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
     def _finish(self, step: str, result: dict) -> dict:
-        self.steps_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.steps_dir / f".{step}.json.tmp"
-        tmp.write_text(json.dumps(result, indent=2), encoding="utf-8")
-        tmp.replace(self.steps_dir / f"{step}.json")
+        from llavakit.io import atomic_write_json
+
+        atomic_write_json(self.steps_dir / f"{step}.json", result)
         return result
 
     # --- steps ------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ def write_report(qs) -> dict:
     summary = (
         f"held-out accuracy {_fmt(img_acc)}% with the image vs {_fmt(blind_acc)}% blind"
         + (f" ({_fmt(para_acc)}% with paraphrased questions)" if para_acc is not None else "") + "; "
-        f"POPE F1 " + ", ".join(f"{m} {_fmt(v)}" for m, v in pope_f1.items()) + f"; total {total / 60:.1f} min"
+        "POPE F1 " + ", ".join(f"{m} {_fmt(v)}" for m, v in pope_f1.items()) + f"; total {total / 60:.1f} min"
     ) if synth else "evaluation not run"
     lines += [summary, "", "## Time and memory", "",
               md_table(["step", "seconds", "peak RSS (MiB)"], timing_rows), ""]

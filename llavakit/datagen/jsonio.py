@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from llavakit.errors import DataError
+from llavakit.io import atomic_write_json
 
 
 def load_json(path: str | Path, what: str) -> dict:
@@ -27,10 +27,4 @@ def load_json(path: str | Path, what: str) -> dict:
 
 def write_json(path: str | Path, data, indent: int | None = None) -> None:
     """Write JSON atomically: a temp file, fsync, then rename over the target."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write_json(path, data, indent=indent)

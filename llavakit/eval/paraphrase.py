@@ -23,7 +23,7 @@ RULES: list[tuple[list[str], list[str]]] = [
     ([r"How many objects are in the image\?", r"How many shapes are there in total\?",
       r"How many shapes does the picture show\?", r"What is the total number of shapes\?"],
      ["Count every shape drawn here.", "Altogether, how many shapes appear in this picture?"]),
-    ([rf"How many (?P<pl>.+?) are there\?", r"How many (?P<pl>.+?) are in the image\?",
+    ([r"How many (?P<pl>.+?) are there\?", r"How many (?P<pl>.+?) are in the image\?",
       r"How many (?P<pl>.+?) can you see\?", r"Count the (?P<pl>.+?) in the picture\.",
       r"What is the number of (?P<pl>.+?) in the image\?", r"How many (?P<pl>.+?) does the image contain\?"],
      ["Tell me how many {pl} this picture shows.", "What count of {pl} appears here?"]),

@@ -8,12 +8,12 @@ A last line cut off by a crash is dropped (and reported) so the item is simply r
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from llavakit.errors import DataError
+from llavakit.io import atomic_write_jsonl
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
@@ -54,15 +54,8 @@ def read_jsonl(path: str | Path, what: str = "file", required: Iterable[str] = (
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
-    """Write records atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-    return path
+    """Write records atomically (:mod:`llavakit.io`)."""
+    return atomic_write_jsonl(path, records)
 
 
 def index_by(records: Iterable[dict], key: str, what: str) -> dict:

@@ -6,28 +6,17 @@ is either complete or absent.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
+from llavakit.io import atomic_write, atomic_write_json
 
 
 def write_json(path: str | Path, data: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_json(path, data)
 
 
 def write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, text if text.endswith("\n") else text + "\n")
 
 
 def fmt(value: Any, digits: int = 2) -> str:

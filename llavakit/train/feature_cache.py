@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +27,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from llavakit.progress import bar as progress_bar
 
 from llavakit.errors import DataError, LlavakitError
+from llavakit.io import atomic_write_json
+from llavakit.progress import bar as progress_bar
 
 FORMAT = 1
 
@@ -51,9 +51,7 @@ def image_key(path: str | Path) -> str:
 
 
 def _write_json(path: Path, data) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_json(path, data, indent=None)
 
 
 @dataclass

@@ -11,7 +11,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -27,6 +26,7 @@ from llavakit.train.config import FRESH_PROJECTOR, TrainConfig, validate
 from llavakit.train.freeze import freeze_for_stage, param_groups, trainable_names
 from llavakit.train.metrics import MetricsLog, plot_loss
 from llavakit.train.presets import build_config
+from llavakit.io import atomic_write_json
 
 # changing these between a run and its resume does not change the result (max_steps / epochs would:
 # the learning-rate schedule is laid out over the total number of steps)
@@ -290,9 +290,7 @@ class TrainSession:
         cfg, accelerator, out = self.cfg, self.accelerator, self.out
         if accelerator.is_main_process:
             out.mkdir(parents=True, exist_ok=True)
-            tmp = out / f".config.json.tmp{os.getpid()}"
-            tmp.write_text(json.dumps(to_dict(cfg), indent=2), encoding="utf-8")
-            tmp.replace(out / "config.json")
+            atomic_write_json(out / "config.json", to_dict(cfg))
         resumed = self.position.step if self.latest is not None else None
         log = MetricsLog(out, accelerator.is_main_process, cfg.tensorboard, resumed)
         try:
@@ -403,9 +401,7 @@ def write_provenance(cfg: TrainConfig, target: Path) -> None:
             earlier.append(json.loads((base_dir / PROVENANCE).read_text(encoding="utf-8")))
     record = {"stage": cfg.stage, "data": absolute(cfg.data.path), "image_folder": absolute(cfg.data.image_folder),
               "from": earlier}
-    tmp = target / f".{PROVENANCE}.tmp"
-    tmp.write_text(json.dumps(record, indent=2), encoding="utf-8")
-    tmp.replace(target / PROVENANCE)
+    atomic_write_json(target / PROVENANCE, record)
 
 
 def _finish(cfg, accelerator, out: Path, artifact: Path, position, started: float, global_batch: int, skipped: int):
