@@ -198,3 +198,10 @@ def test_verbs_take_a_transformers_llava_dir(tmp_path):
     from llavakit.serve.models import accepts_images, load_servable
 
     assert accepts_images(load_servable(str(tmp_path / "hf")))  # no --text-only needed
+
+
+def test_an_original_stage1_output_points_at_projector(tmp_path):
+    make_original(tmp_path / "llava", tmp_path / "clip")
+    (tmp_path / "llava" / "pytorch_model.bin").unlink()
+    with pytest.raises(LlavakitError, match="without language-model weights .* projector="):
+        load_model(str(tmp_path / "llava"))

@@ -72,7 +72,7 @@ def test_stalled_bodies_time_out_and_hold_no_slot(server):
     stalled = []
     for _ in range(4):  # more than max_queue (2): each would otherwise hold a "preparing" slot
         s = socket.create_connection((host, int(port)))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                   b"Content-Length: 100\r\n\r\n{")
         stalled.append(s)
     try:
@@ -105,3 +105,19 @@ def test_serve_options_are_checked_before_the_model_loads(args, needle):
                           text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"llavakit serve: error: {needle}"]
+
+
+def test_a_loopback_server_answers_only_for_its_own_host_names(server):
+    rebound = httpx.post(server.url + "/v1/chat/completions", json=HELLO, timeout=60,
+                         headers={"Host": "attacker.example:8000", "Origin": "http://attacker.example:8000"})
+    assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "host_forbidden"
+    port = server.url.rsplit(":", 1)[1]
+    assert httpx.post(server.url + "/v1/chat/completions", json=HELLO, timeout=60,
+                      headers={"Host": f"localhost:{port}"}).status_code == 200
+
+
+def test_an_allowed_origin_gets_cors_answers(server):
+    pre = httpx.options(server.url + "/v1/chat/completions", timeout=60, headers={
+        "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://localhost:3000"

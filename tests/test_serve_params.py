@@ -101,6 +101,7 @@ def test_ignored_parameters_are_accepted_and_named_in_a_header(server):
     ({"extra_body": {"top_k": -5}}, "top_k must be an integer between -1"),
     ({"extra_body": {"repetition_penalty": 0}}, "repetition_penalty must be a number"),
     ({"logit_bias": {"x": 1}}, "not a token id"),
+    ({"logit_bias": {"\u00b2": 1}}, "not a token id"),  # "²".isdigit() is True
     ({"extra_body": {"echo": True}}, "echo is a /v1/completions parameter"),
     ({"extra_body": {"no_such": 1}}, "unknown parameter 'no_such'"),
 ])
@@ -133,6 +134,8 @@ def test_completions_use_the_raw_prompt(server, tiny_model):
     ({"prompt": [10**6]}, "outside the vocabulary"),
     ({"prompt": "x", "suffix": "y"}, "suffix='y' is not supported"),
     ({"prompt": "x", "extra_body": {"messages": []}}, "unknown parameter 'messages'"),
+    ({"prompt": "describe <image> please"}, "completions take no images"),
+    ({"prompt": [104, 261, 105]}, "completions take no images"),  # 261: the tiny model's <image> id
 ])
 def test_bad_completion_requests(server, kwargs, needle):
     with pytest.raises(openai.BadRequestError) as info:
@@ -185,3 +188,10 @@ def test_every_policy_row_is_exercised_through_the_client(server):
         resp = c.chat.completions.create(model=MODEL, messages=HELLO, extra_body={key: value},
                                          **({} if key == "max_completion_tokens" else {"max_tokens": 3}))
         assert resp.usage.completion_tokens <= 3, key
+
+
+def test_a_tiny_temperature_samples_like_greedy_instead_of_failing(server, tiny_model):
+    c = client(server)
+    greedy = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0)
+    tiny = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=1e-300, seed=1)
+    assert tiny.choices[0].message.content == greedy.choices[0].message.content

@@ -106,7 +106,7 @@ def load_hf_llava(spec: ModelSpec):
     from llavakit.model.vision import HFVisionTower, _DEFAULT_NORM
 
     directory = Path(spec.source)
-    hf = LlavaForConditionalGeneration.from_pretrained(directory, dtype="auto")
+    hf = _hf_call(directory, lambda: LlavaForConditionalGeneration.from_pretrained(directory, dtype="auto"))
     c = hf.config
     if not isinstance(c.vision_feature_layer, int):
         raise LlavakitError(f"{directory}: vision_feature_layer {c.vision_feature_layer} (several layers) is not supported")
@@ -148,7 +148,7 @@ def load_hf_llava(spec: ModelSpec):
         raise LlavakitError(f"{directory}: its text model left {meta[0]} unset (a layout llavakit cannot take apart)")
     if getattr(c.text_config, "tie_word_embeddings", False) or getattr(c, "tie_word_embeddings", False):
         lm.tie_weights()
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer = _hf_call(directory, lambda: AutoTokenizer.from_pretrained(directory))
     image_token = tokenizer.convert_ids_to_tokens(c.image_token_index)
     config = LlavaConfig(name=directory.name, vision=vcfg, projector=ProjectorConfig(kind=kind),
                          lm=LMConfig(kind="hf"), image_token=image_token)
@@ -205,7 +205,15 @@ def load_original(spec: ModelSpec):
         "model_type", "architectures", "image_aspect_ratio", "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter",
         "image_grid_pinpoints", "tokenizer_padding_side", "tokenizer_model_max_length", "use_mm_proj")}
     text_config = AutoConfig.for_model(text_type, **text)
-    lm = AutoModelForCausalLM.from_pretrained(directory, config=text_config, dtype="auto")
+    if not any(directory.glob("*.safetensors")) and not any(directory.glob("pytorch_model*.bin")):
+        raise LlavakitError(f"{directory}: an original LLaVA config without language-model weights (a stage-1 "
+                            "output?); load its mm_projector.bin onto a model with projector=")
+    lm, info = _hf_call(directory, lambda: AutoModelForCausalLM.from_pretrained(
+        directory, config=text_config, dtype="auto", output_loading_info=True))
+    missing = [k for k in info.get("missing_keys", []) if not (k == "lm_head.weight" and text_config.tie_word_embeddings)]
+    if missing:
+        raise LlavakitError(f"{directory}: its config asks for {len(missing)} language-model tensors its weights lack "
+                            f"(first: {sorted(missing)[0]}); a model loaded so would run with random layers")
     kind = cfg.get("mm_projector_type", "linear")
     mode = "pad" if cfg.get("image_aspect_ratio") == "pad" else "square"
     vcfg = VisionConfig(kind="hf", name_or_path=cfg["mm_vision_tower"],
@@ -219,12 +227,23 @@ def load_original(spec: ModelSpec):
     if cfg.get("mm_hidden_size") not in (None, tower.hidden_size):
         raise LlavakitError(f"{directory}: mm_hidden_size {cfg['mm_hidden_size']} but the tower "
                             f"{cfg['mm_vision_tower']} gives {tower.hidden_size}")
-    tokenizer = AutoTokenizer.from_pretrained(directory)
+    tokenizer = _hf_call(directory, lambda: AutoTokenizer.from_pretrained(directory))
     config = LlavaConfig(name=directory.name, vision=vcfg, projector=ProjectorConfig(kind=kind), lm=LMConfig(kind="hf"))
     model = _finish(config, tower, lm, tokenizer, _original_projector(directory), str(directory))
     print(f"llavakit: {directory} is an original LLaVA checkpoint: tower {cfg['mm_vision_tower']}, projector {kind}, "
           f"template {model.config.template}", file=sys.stderr)
     return model
+
+
+def _hf_call(directory: Path, load):
+    """A transformers load whose failure (missing files, a bad config, a corrupt file) names the directory."""
+    from safetensors import SafetensorError
+
+    try:
+        return load()
+    except (OSError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LlavakitError(f"{directory}: cannot be loaded ({type(exc).__name__}: {first[:300]})") from None
 
 
 def load_foreign(spec: ModelSpec):

@@ -36,6 +36,7 @@ from llavakit.serve.params import Limits
 from llavakit.serve.requests import CHAT, TEXT, RequestService, Shape, generation_error, ignored_header, read_body
 
 log = logging.getLogger("llavakit.serve")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STATIC = Path(__file__).parent / "static"
 
 
@@ -46,7 +47,8 @@ class ServeConfig:
     max_body_bytes: int = 20 * 1024 * 1024
     body_timeout: float = 30.0  # seconds for a whole request body to arrive
     allowed_origins: tuple[str, ...] = ()
-    image_placement: str = "first"  # a first turn's single image goes before its text, as in training ("keep": as sent)  # browser origins besides this server's own (e.g. http://localhost:3000)
+    image_placement: str = "first"  # a first turn's single image goes before its text, as in training ("keep": as sent)
+    bind_host: str = "127.0.0.1"  # where it listens: on a loopback address, Host must name this machine (DNS rebinding)  # browser origins besides this server's own (e.g. http://localhost:3000)
     limits: Limits = field(default_factory=Limits)
     images: ImagePolicy = field(default_factory=ImagePolicy)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -124,6 +126,11 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
         engine.close()
 
     app = FastAPI(title="llavakit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if config.allowed_origins:  # a front-end on another origin: the browser needs CORS answers too
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.allowed_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
     app.state.engine, app.state.service = engine, service
 
     @app.exception_handler(ApiError)
@@ -157,6 +164,10 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
         (same host and port as ``Host``) nor in ``allowed_origins`` is refused (403), key or no key:
         a web page the user visits cannot drive a server on their machine.
         """
+        host = request.headers.get("host", "").rsplit(":", 1)[0].strip("[]").lower()
+        if config.bind_host in LOOPBACK and host not in LOOPBACK:
+            raise ApiError(403, f"Host {host[:100]!r} is not this machine; a server on a loopback address answers "
+                           "requests for localhost / 127.0.0.1 only", code="host_forbidden")
         origin = request.headers.get("origin")
         if origin is not None and origin not in config.allowed_origins:
             own = {f"http://{request.headers.get('host', '')}", f"https://{request.headers.get('host', '')}"}

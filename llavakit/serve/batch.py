@@ -83,15 +83,18 @@ class Row:
     params: GenParams = field(default_factory=GenParams)
     on_text: Callable[[str], None] | None = None  # newly generated text, as soon as it is safe
     on_finish: Callable[[RowResult], None] | None = None  # called once, the moment the row is done
+    template: bool = True  # False: a raw-prompt completion (no template stop marker)
     cancel: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)  # set once the result exists
 
 
-def stop_strings_for(model, extra: Sequence[str] = ()) -> list[str]:
-    """The template's stop marker, the request's stops, and the EOS/pad token strings."""
+def stop_strings_for(model, extra: Sequence[str] = (), template: bool = True) -> list[str]:
+    """The template's stop marker (unless ``template`` is False: a raw completion), the request's
+    stops, and the EOS/pad token strings."""
     tok = model.tokenizer
     specials = [tok.convert_ids_to_tokens(i) for i in model.eos_ids()] + [tok.eos_token, tok.pad_token]
-    return list(dict.fromkeys(s for s in [*model.stop_strings(list(extra)), *specials] if s))
+    stops = model.stop_strings(list(extra)) if template else list(extra)
+    return list(dict.fromkeys(s for s in [*stops, *specials] if s))
 
 
 def special_token_ids(tokenizer) -> set[int]:
@@ -201,7 +204,9 @@ def adjust_logits(logits: torch.Tensor, params: GenParams, prompt: list[int], re
 
 def sample_probs(logits: torch.Tensor, params: GenParams) -> torch.Tensor:
     """``(V,)`` probabilities after temperature, top-k, top-p and min-p (``temperature`` > 0)."""
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    logits = logits.float()
+    # shifted so the top logit is 0, and T floored where float32 still divides: finite for any T > 0
+    probs = torch.softmax((logits - logits.max()) / max(params.temperature, 1e-6), dim=-1)
     if 0 < params.top_k < probs.shape[0]:
         probs[probs < probs.topk(params.top_k).values[-1]] = 0.0
     if params.top_p < 1.0:
@@ -258,7 +263,8 @@ def generate_rows(model, rows: Sequence[Row]) -> list[RowResult]:
         return []
     eos_ids = set(model.eos_ids())
     special = special_token_ids(model.tokenizer)
-    states = [RowState(r, model.tokenizer, stop_strings_for(model, r.params.stop), eos_ids, special) for r in rows]
+    states = [RowState(r, model.tokenizer, stop_strings_for(model, r.params.stop, r.template), eos_ids, special)
+              for r in rows]
     for state in states:
         if state.row.cancel.is_set():
             state.finish("cancelled", "")

@@ -90,6 +90,7 @@ def config_from_args(args, model_id: str):
         body_timeout=args.body_timeout,
         allowed_origins=tuple(args.allow_origin),
         image_placement=args.image_placement,
+        bind_host=args.host,
         limits=Limits(args.max_tokens_cap, min(args.default_max_tokens, args.max_tokens_cap), args.max_images),
         images=ImagePolicy(max_pixels=args.max_image_pixels, max_bytes=body, local_root=root,
                            allow_remote=args.allow_remote_images,

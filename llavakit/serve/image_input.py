@@ -47,8 +47,9 @@ class ImagePolicy:
     remote_timeout: float = 10.0
 
 
-def decode_image(data: bytes, param: str, max_pixels: int) -> Image.Image:
-    """Bytes → RGB image, refusing non-images and images over ``max_pixels`` before decoding."""
+def decode_image(data: bytes, param: str, max_pixels: int, pad: bool = True) -> Image.Image:
+    """Bytes → RGB image, refusing non-images and images over ``max_pixels`` before decoding (with
+    ``pad``: also the square the model pads it to)."""
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
@@ -59,7 +60,7 @@ def decode_image(data: bytes, param: str, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         raise bad(f"{param}: the image is {width}x{height} = {width * height} pixels; this server accepts at "
                   f"most {max_pixels}", param, "image_too_large")
-    if max(width, height) ** 2 > max_pixels:
+    if pad and max(width, height) ** 2 > max_pixels:
         raise bad(f"{param}: the image is {width}x{height}; padded to a square it would be {max(width, height)}² "
                   f"pixels, over this server's {max_pixels} (crop or resize its long side to at most "
                   f"{int(max_pixels ** 0.5)})", param, "image_too_large")

@@ -76,6 +76,8 @@ def read_questions(path: str | Path) -> list[dict]:
     for n, rec in numbered:
         if not isinstance(rec, dict) or "question_id" not in rec or not isinstance(rec.get("text"), str):
             raise DataError(f"{path} record {n}: needs question_id and a string text")
+        if rec.get("image") == "":
+            rec["image"] = None  # an empty path: a text-only question, as before
         if rec.get("image") is not None and not (isinstance(rec["image"], str) and rec["image"]):
             raise DataError(f"{path} record {n} (question_id {rec['question_id']!r}): image must be a file path "
                             f"(a non-empty string), got {rec['image']!r}")

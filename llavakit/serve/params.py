@@ -116,7 +116,7 @@ def _logit_bias(body: dict) -> tuple[tuple[int, float], ...]:
         raise bad("logit_bias must be an object of at most 300 token ids → biases", "logit_bias")
     out = []
     for token, bias in value.items():
-        if not str(token).isdigit() or len(str(token)) > 9:
+        if not (str(token).isascii() and str(token).isdigit()) or len(str(token)) > 9:
             raise bad(f"logit_bias: key {str(token)[:20]!r} is not a token id", "logit_bias")
         if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not -100 <= bias <= 100:
             raise bad(f"logit_bias[{token}] must be a number in [-100, 100], got {bias!r}", "logit_bias")

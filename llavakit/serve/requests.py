@@ -108,9 +108,10 @@ class RequestService:
                            f"{self.config.model_id!r} (GET /v1/models)", param="model", code="model_not_found")
 
     def build_row(self, req: ChatRequest, blobs: list[bytes]) -> Row:  # runs in a worker thread (CPU)
-        images = [decode_image(b, p.param, self.config.images.max_pixels) for b, p in zip(blobs, req.images)]
-        pixels = self.model.preprocess(images) if images else None
         self._check_text_size(sum(len(t.content) for t in req.turns) + len(req.system or ""), "messages")
+        pad = getattr(getattr(getattr(self.model, "config", None), "vision", None), "image_mode", None) == "pad"
+        images = [decode_image(b, p.param, self.config.images.max_pixels, pad) for b, p in zip(blobs, req.images)]
+        pixels = self.model.preprocess(images) if images else None
         try:
             ids = self.prompts.encode(req.turns, DEFAULT if req.system is None else req.system)
         except LlavakitError as exc:
@@ -125,11 +126,15 @@ class RequestService:
             ids = self.prompts.encode_text(req.prompt)
         else:
             ids = list(req.prompt)
-            if self.vocab_size and max(ids) >= self.vocab_size:
-                raise bad(f"prompt: token id {max(ids)} is outside the vocabulary (size {self.vocab_size})", "prompt")
+        image_id = getattr(self.model.processor, "image_token_id", None)
+        if image_id is not None and image_id in ids:
+            raise bad(f"prompt: holds the image placeholder {self.prompts.image_token} (id {image_id}); completions "
+                      "take no images — use /v1/chat/completions with image_url parts", "prompt")
+        if self.vocab_size and max(ids) >= self.vocab_size:
+            raise bad(f"prompt: token id {max(ids)} is outside the vocabulary (size {self.vocab_size})", "prompt")
         self._check_context(ids, req.params.max_new_tokens, "prompt")
         echo = (req.prompt if isinstance(req.prompt, str) else self.prompts.decode(ids)) if req.echo else ""
-        return Row(ids, None, req.params), echo
+        return Row(ids, None, req.params, template=False), echo
 
     async def prepare(self, raw: bytes) -> tuple[ChatRequest, Row]:
         req = parse_chat_request(raw, self.config.limits, self.prompts.image_token, self.config.image_placement)

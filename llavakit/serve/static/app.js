@@ -214,10 +214,10 @@ function requestBody() {
     messages: (system ? [{ role: "system", content: system }] : []).concat(messages),
     stream: true,
     stream_options: { include_usage: true },
-    temperature: Number($("temperature").value),
-    top_p: Number($("top-p").value),
-    max_tokens: Number($("max-tokens").value),
   };
+  for (const [key, id] of [["temperature", "temperature"], ["top_p", "top-p"], ["max_tokens", "max-tokens"]]) {
+    if ($(id).value.trim() !== "") body[key] = Number($(id).value);  // empty: the server's default
+  }
   if ($("seed").value.trim() !== "") body.seed = Number($("seed").value);
   const stops = $("stop").value.split("\n").filter((s) => s.length);
   if (stops.length) body.stop = stops;
@@ -248,6 +248,7 @@ async function readStream(resp, onChunk) {
 }
 
 async function generate() {
+  const conversation = state.messages;  // New chat replaces it: this answer then belongs to nothing
   const bubble = addBubble("assistant", "");
   const out = bubble.querySelector(".text");
   let text = "";
@@ -281,7 +282,7 @@ async function generate() {
       }
       if (choice.finish_reason) finish = choice.finish_reason;
     });
-    state.messages.push({ role: "assistant", text, images: [] });
+    conversation.push({ role: "assistant", text, images: [] });
     bubble.dataset.state = "done";
     if (finish === "length") note(bubble, "(stopped at max tokens)");
     if (usage) {
@@ -291,11 +292,11 @@ async function generate() {
     }
   } catch (err) {
     if (err.name === "AbortError") {  // the stop button: keep what arrived as the answer
-      state.messages.push({ role: "assistant", text, images: [] });
+      conversation.push({ role: "assistant", text, images: [] });
       bubble.dataset.state = "stopped";
       note(bubble, "(stopped)");
     } else {
-      state.messages.pop();  // the user turn got no answer: drop it so the conversation stays valid
+      conversation.pop();  // the user turn got no answer: drop it so the conversation stays valid
       const asked = [...document.querySelectorAll("#log .msg.user")].pop();
       if (asked) asked.classList.add("unsent");
       bubble.dataset.state = "error";

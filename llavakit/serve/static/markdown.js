@@ -71,6 +71,8 @@ const Markdown = (() => {
         if (!list || list.tagName !== tag) {
           para = null;
           list = document.createElement(tag);
+          const first = /^\s*(\d+)/.exec(line);
+          if (numbered && first && first[1] !== "1") list.start = Number(first[1]);  // "2." after a blank line
           container.appendChild(list);
         }
         const li = document.createElement("li");
