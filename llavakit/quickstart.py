@@ -43,7 +43,7 @@ class Budget:
     types: str  # instruction types for `llavakit datagen` (type or type:variants)
     vqa_questions: int  # short questions per vqa sample
     align: list[str] | None = None  # `llavakit align` overrides; None: no alignment step
-    stage1: list[str] = field(default_factory=list)  # training overrides
+    stage1: list[str] | None = field(default_factory=list)  # training overrides; None: no stage 1 (snap models)
     stage2: list[str] = field(default_factory=list)
     per_category: int = 50  # eval synth questions per category
     pope_images: int = 100
@@ -187,6 +187,8 @@ class Quickstart:
         else:
             data, out = data or self.paths["instruct"], out or self.paths["stage2"]
             projector = self.paths["stage1"] / "projector" if from_stage1 else FRESH_PROJECTOR
+            if from_stage1 and self.budget.stage1 is None:  # no stage 1: stage 2 starts from the alignment
+                projector = self.paths["align"] / "projector"
             base = ["stage=2", f"projector={projector}"]
         cfg = build_config(
             {"model": self.budget.model, "output_dir": str(out)},
@@ -215,6 +217,8 @@ class Quickstart:
         return run_alignment(cfg)
 
     def stage1(self) -> dict:
+        if self.budget.stage1 is None:
+            return {"skipped": "this budget's model snaps its tokens to words: stage 1 has nothing to train"}
         return self.train(1, self.budget.stage1)
 
     def stage2(self) -> dict:

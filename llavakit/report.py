@@ -152,7 +152,9 @@ def write_report(qs) -> dict:
                      f"(target {steps['align'].get('target_norm')})")
     for stage in ("stage1", "stage2"):
         s = steps[stage]
-        if s:
+        if s.get("skipped"):
+            lines.append(f"- {stage}: skipped ({s['skipped']})")
+        elif s:
             lines.append(f"- {stage}: {s.get('steps')} steps, {s.get('samples')} samples, global batch "
                          f"{s.get('global_batch')}, final loss {s.get('final_loss') and round(s['final_loss'], 4)}, "
                          f"{s.get('seconds')} s")

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from llavakit.cli import main
 from llavakit.errors import ConfigError, DataError
@@ -148,3 +149,44 @@ def test_align_verb(scenes, tmp_path, capsys):
     assert main(["align", "--instances", str(scenes / "instances.json"), "--image-folder", str(tmp_path / "none"),
                  "--out", str(out)]) == 2
     assert "image_folder" in capsys.readouterr().err
+
+
+def test_snapped_words_projector_aligns_then_emits_only_table_rows(scenes, tmp_path):
+    from llavakit.interop.hf_llava import to_hf_llava
+    from llavakit.model import build_model, get_preset, load_model, save_pretrained
+    from llavakit.errors import LlavakitError
+
+    cfg = get_preset("tiny-random")
+    cfg.projector.snap = True
+    base = save_pretrained(build_model(cfg), tmp_path / "snap-base")
+    with pytest.raises(ConfigError, match="needs its word table"):
+        load_model(str(base)).encode_images(torch.zeros(1, 3, 32, 32))
+    result = run_alignment(_cfg(scenes, tmp_path, model=str(base)))
+    assert result["snap_table_rows"] == len(result["targets"])
+    model = load_model(str(base), projector=result["projector"])
+    table = model.projector.table
+    assert table.shape[0] == len(result["targets"])
+    with torch.no_grad():
+        tokens = model.encode_images(model.preprocess([Image.new("RGB", (40, 30), (200, 30, 30))]))
+    rows = tokens.reshape(-1, tokens.shape[-1])
+    assert all(any(torch.equal(r, t) for t in table) for r in rows)  # every token is a word row
+    saved = save_pretrained(model, tmp_path / "snap-model")  # the table travels with the checkpoint
+    assert torch.equal(load_model(str(saved)).projector.table, table)
+    with pytest.raises(LlavakitError, match="no transformers Llava equivalent"):
+        to_hf_llava(model)
+    plain = load_model("tiny-random")
+    with pytest.raises(ConfigError, match="snap is True there, False here"):
+        from llavakit.model import load_projector
+
+        load_projector(plain, result["projector"])
+
+
+def test_stage1_is_refused_for_a_snapping_model(tmp_path):
+    from llavakit.train.presets import build_config
+    from llavakit.train.config import validate
+
+    data = tmp_path / "d.json"
+    data.write_text("[]")
+    with pytest.raises(ConfigError, match="stage 1 has nothing to train"):
+        validate(build_config({"model": "nano-words", "output_dir": str(tmp_path / "o")},
+                              overrides=[f"data.path={data}"], stage="1"))

@@ -37,6 +37,8 @@ def _check_exportable(model: LlavaModel) -> None:
             f"{model.config.vision.kind!r}. Its language model alone is a transformers model in the "
             "checkpoint's language_model/ folder."
         )
+    if model.config.projector.snap:
+        raise LlavakitError("projector.snap (tokens snapped to word embeddings) has no transformers Llava equivalent")
     if model.config.projector.kind not in ("linear", "mlp2x_gelu"):
         raise LlavakitError(
             f"projector {model.config.projector.kind!r} has no transformers Llava equivalent (linear or mlp2x_gelu)"

@@ -26,6 +26,7 @@ class ProjectorConfig:
     """``kind`` is ``linear`` or ``mlp{N}x_gelu`` (see :mod:`llavakit.model.projector`)."""
 
     kind: str = "mlp2x_gelu"
+    snap: bool = False  # each token → the nearest of the word embeddings `llavakit align` taught it (SnapToWords)
 
 
 @dataclass

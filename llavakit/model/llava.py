@@ -18,7 +18,7 @@ from llavakit.data.templates import resolve_template
 from llavakit.errors import LlavakitError
 from llavakit.model.config import LlavaConfig
 from llavakit.model.generation import GenerationMixin
-from llavakit.model.projector import build_projector
+from llavakit.model.projector import SnapToWords, build_projector
 
 
 class ImageTokenMismatch(LlavakitError, ValueError):
@@ -43,7 +43,11 @@ class LlavaModel(GenerationMixin, nn.Module):
         self.tokenizer = tokenizer
         self.image_token_id = add_image_token(tokenizer, config.image_token)
         lm_dim = language_model.get_input_embeddings().weight.shape[1]
-        self.projector = projector or build_projector(config.projector.kind, vision_tower.hidden_size, lm_dim)
+        if projector is None:
+            projector = build_projector(config.projector.kind, vision_tower.hidden_size, lm_dim)
+            if config.projector.snap:
+                projector = SnapToWords(projector, lm_dim)
+        self.projector = projector
         self.projector.to(dtype=language_model.dtype)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token

@@ -272,7 +272,8 @@ def run_alignment(cfg: AlignConfig) -> dict:
     if len(train) == 0:
         raise ConfigError(f"align: heldout_fraction {cfg.heldout_fraction} leaves no training image of {len(keep)}")
 
-    projector = model.projector.float().train()
+    snap = model.config.projector.snap  # projector.snap: align trains the inner projector, then gives it the table
+    projector = (model.projector.inner if snap else model.projector).float().train()
     torch.manual_seed(cfg.seed)
     for module in projector.modules():
         if hasattr(module, "reset_parameters"):
@@ -312,6 +313,9 @@ def run_alignment(cfg: AlignConfig) -> dict:
         "seconds": round(time.time() - started, 1),
         "projector": str(out / "projector"),
     }
+    if snap:
+        model.projector.table = table.to(device=model.projector.table.device)
+        result["snap_table_rows"] = len(keys)
     save_projector(model, out / "projector")
     write_json(out / "projector" / "training.json", {  # provenance: evaluations tell held-out images apart
         "stage": "align", "data": str(Path(cfg.instances).resolve()),

@@ -158,6 +158,18 @@ def _check_path(value: str | None, key: str, want: str) -> None:
         raise ConfigError(f"{key}: {value} does not exist")
 
 
+def _snaps(model: str, kind: str) -> bool:
+    from llavakit.model.presets import get_preset
+
+    if kind == "preset":
+        return get_preset(model).projector.snap
+    if kind == "llavakit":
+        from llavakit.model.checkpoint import read_config
+
+        return read_config(model).projector.snap
+    return False
+
+
 def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
     """Check everything that can be checked without loading a model; return the batch plan."""
     if cfg.stage not in STAGES:
@@ -176,6 +188,9 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
     if kind == "transformers-lm":
         raise ConfigError(f"model: {cfg.model} is a plain transformers language model, not a LLaVA model: use a "
                           "model preset whose lm.name_or_path is it, or a LLaVA checkpoint")
+    if cfg.stage == 1 and _snaps(cfg.model, kind):
+        raise ConfigError(f"model {cfg.model}: its projector snaps tokens to words (projector.snap), so stage 1 has "
+                          "nothing to train; go from `llavakit align` straight to stage 2 (projector=ALIGN/projector)")
     if cfg.stage == 1:
         if cfg.tune == "lora":
             raise ConfigError("stage 1 trains only the projector: tune=lora applies to stage 2 / finetune")
