@@ -117,9 +117,10 @@ def write_report(qs) -> dict:
     ev = steps["eval"]
     synth, pope = ev.get("synth", {}), ev.get("pope", {})
     figures = {
-        "losses": plot_losses({"stage 1: feature alignment": qs.paths["stage1"] / "metrics.jsonl",
-                               "stage 2: instruction tuning": qs.paths["stage2"] / "metrics.jsonl"},
-                              out_dir / "loss_curves.png"),
+        "losses": plot_losses({title: path for title, path in (
+            ("stage 1: feature alignment", qs.paths["stage1"] / "metrics.jsonl"),
+            ("stage 2: instruction tuning", qs.paths["stage2"] / "metrics.jsonl"))
+            if path.is_file() or title.startswith("stage 2")}, out_dir / "loss_curves.png"),
         "accuracy": plot_accuracy(synth, out_dir / "accuracy.png") if synth else None,
     }
     synth_dir = qs.paths["eval"] / "synth"

@@ -59,7 +59,8 @@ ABLATIONS: dict[str, Ablation] = {
     "nano": Ablation(
         # the paper's recipe as measured in docs/reproduction.md: no align step (claim b compares stage 1
         # against none), 1,000 scenes, stage 1 on 1,000 captions x 1.5 epochs
-        base=replace(BUDGETS["nano"], types="vqa,conversation,detail,reasoning", per_category=30, pope_images=40,
+        base=replace(BUDGETS["nano"], model="nano", types="vqa,conversation,detail,reasoning", per_category=30,
+                     pope_images=40,
                      align=None, train_scenes=1000, captions=1000,
                      stage1=["per_device_batch_size=8", "epochs=1.5", "optim.lr=2e-3"]),
         samples=320,
