@@ -177,18 +177,11 @@ def save_projector(model: LlavaModel, directory: str | Path) -> Path:
 
 def load_projector(model: LlavaModel, path: str | Path) -> None:
     """Load a projector artifact (its dir or its .safetensors) onto ``model``; checks it fits."""
+    from llavakit.model.foreign import projector_tensors, read_tensors
+
     path = Path(path)
     if path.is_file() and path.suffix in (".bin", ".pt", ".pth"):  # an original LLaVA mm_projector.bin
-        from llavakit.model.foreign import projector_tensors, read_tensors
-
-        state = projector_tensors(read_tensors(path), str(path))
-        try:
-            model.projector.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ConfigError(f"projector {path} does not fit this model's {model.config.projector.kind} projector "
-                              f"({model.vision_tower.hidden_size} → {model.language_model.get_input_embeddings().weight.shape[1]}): "
-                              f"{str(exc).splitlines()[0]}") from None
-        model.projector.to(dtype=model.dtype)
+        _load_projector_state(model, projector_tensors(read_tensors(path), str(path)), path)
         return
     directory = path if path.is_dir() else path.parent
     weights = directory / PROJECTOR_WEIGHTS if path.is_dir() else path
@@ -204,11 +197,14 @@ def load_projector(model: LlavaModel, path: str | Path) -> None:
                     f"projector artifact {path} does not fit this model: {key} is {meta.get(key)!r} there, "
                     f"{mine[key]!r} here"
                 )
-    from llavakit.model.foreign import read_tensors
+    _load_projector_state(model, read_tensors(weights), path)
 
-    state = read_tensors(weights)
+
+def _load_projector_state(model: LlavaModel, state: dict, source: Path) -> None:
     try:
         model.projector.load_state_dict(state)
     except RuntimeError as exc:
-        raise ConfigError(f"projector artifact {path} does not fit this model: {exc}") from None
+        lm_dim = model.language_model.get_input_embeddings().weight.shape[1]
+        raise ConfigError(f"projector {source} does not fit this model's {model.config.projector.kind} projector "
+                          f"({model.vision_tower.hidden_size} → {lm_dim}): {str(exc).splitlines()[0]}") from None
     model.projector.to(dtype=model.dtype)

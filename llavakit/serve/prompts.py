@@ -35,13 +35,14 @@ class PromptEncoder:
     def context_length(self) -> int | None:
         return getattr(getattr(self.model.language_model, "config", None), "max_position_embeddings", None)
 
-    def check_context(self, ids: list[int], max_new_tokens: int, what: str = "the prompt") -> None:
-        """Refuse a prompt that, with ``max_new_tokens``, does not fit the model's context (as the API does)."""
+    def check_context(self, ids: list[int], max_new_tokens: int, what: str = "the prompt",
+                      budget: str = "max_new_tokens") -> None:
+        """Refuse a prompt that, with ``max_new_tokens``, does not fit the model's context (chat, infer, API)."""
         from llavakit.errors import LlavakitError
 
         limit = self.context_length
         if limit and len(ids) + max_new_tokens > limit:
-            raise LlavakitError(f"{what} is {len(ids)} tokens and max_new_tokens is {max_new_tokens}: over the "
+            raise LlavakitError(f"{what} is {len(ids)} tokens and {budget} is {max_new_tokens}: over the "
                                 f"model's context of {limit} tokens")
 
     def encode_text(self, text: str) -> list[int]:

@@ -87,20 +87,20 @@ class RequestService:
     def __init__(self, model, config, engine: Engine):
         self.model, self.config, self.engine = model, config, engine
         self.prompts = PromptEncoder(model)
-        lm_config = getattr(model.language_model, "config", None)
-        self.context_length = getattr(lm_config, "max_position_embeddings", None)
-        self.vocab_size = getattr(lm_config, "vocab_size", None)
+        self.vocab_size = getattr(getattr(model.language_model, "config", None), "vocab_size", None)
 
     def _check_context(self, ids: list[int], max_new_tokens: int, param: str) -> None:
-        if self.context_length and len(ids) + max_new_tokens > self.context_length:
-            raise bad(f"the prompt is {len(ids)} tokens and max_tokens is {max_new_tokens}, over the "
-                      f"model's context of {self.context_length}", param, "context_length_exceeded")
+        try:
+            self.prompts.check_context(ids, max_new_tokens, budget="max_tokens")
+        except LlavakitError as exc:
+            raise bad(str(exc), param, "context_length_exceeded") from None
 
     def _check_text_size(self, chars: int, param: str) -> None:
         """Refuse before tokenizing a text no context could hold (a token is rarely over 32 characters)."""
-        if self.context_length and chars > 32 * self.context_length:
-            raise bad(f"the prompt is {chars} characters, far over the model's context of {self.context_length} "
-                      "tokens", param, "context_length_exceeded")
+        limit = self.prompts.context_length
+        if limit and chars > 32 * limit:
+            raise bad(f"the prompt is {chars} characters, far over the model's context of {limit} tokens", param,
+                      "context_length_exceeded")
 
     def _check_model(self, name: str) -> None:
         if name != self.config.model_id:

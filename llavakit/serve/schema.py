@@ -96,7 +96,6 @@ def _body(raw: bytes, keys: set[str]) -> tuple[dict, list[str]]:
     except RecursionError:
         raise bad("the request body is nested too deeply", code="invalid_json") from None
     try:
-        raw.decode("utf-8").encode("utf-8")
         json.dumps(body, ensure_ascii=False).encode("utf-8")  # a lone surrogate (\ud800) cannot be text
     except UnicodeError:
         raise bad("the request body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text",
