@@ -60,6 +60,86 @@ def oracle_ids(cfg, scenes: Path, grid: int, mode: str, size: int,
     return out
 
 
+def third(t: float, names: tuple[str, str, str]) -> str:
+    return names[0] if t < 1 / 3 else names[2] if t > 2 / 3 else names[1]
+
+
+def annotated_objects(cfg, scenes: Path) -> dict[str, list[tuple[str, ...]]]:
+    """file name → per object (reading order of box centres) its words: size, colour, shape, vertical,
+    horizontal third — a text rendering of the scene (``--objects``)."""
+    cfg.instances, cfg.image_folder = str(scenes / "instances.json"), str(scenes / "images")
+    images, by_image, names = read_instances(cfg)
+    out = {}
+    for im in images:
+        w, h = float(im["width"]), float(im["height"])
+        objs = []
+        for a in by_image[int(im["id"])]:
+            x, y, bw, bh = a["bbox"]
+            cx, cy = (x + bw / 2) / w, (y + bh / 2) / h
+            objs.append((round(cy * 3), cx, (a["size"], a["color"], names[a["category_id"]],
+                                              third(cy, ("top", "middle", "bottom")), third(cx, ("left", "center", "right")))))
+        out[im["file_name"]] = [words for *_, words in sorted(objs)]
+    return out
+
+
+def cells_to_objects(keys: list[tuple[str, ...]], grid: int, background: tuple[str, ...],
+                     size_cells: dict[str, float]) -> list[tuple[str, ...]]:
+    """Per-cell snapped keys → objects: 4-connected non-background cells form one object named by
+    its majority key, placed by its centroid's thirds and sized by its cell count (nearest of
+    ``size_cells``, the typical count per size word, in log space)."""
+    import math
+    seen, objs = set(), []
+    for start in range(grid * grid):
+        if start in seen or keys[start] == background:
+            continue
+        stack, comp = [start], []
+        seen.add(start)
+        while stack:
+            i = stack.pop()
+            comp.append(i)
+            r, c = divmod(i, grid)
+            for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+                j = rr * grid + cc
+                if 0 <= rr < grid and 0 <= cc < grid and j not in seen and keys[j] != background:
+                    seen.add(j)
+                    stack.append(j)
+        votes: dict = {}
+        for i in comp:
+            votes[keys[i]] = votes.get(keys[i], 0) + 1
+        key = max(votes, key=lambda k: (votes[k], k))
+        cy = (sum(i // grid for i in comp) / len(comp) + 0.5) / grid
+        cx = (sum(i % grid for i in comp) / len(comp) + 0.5) / grid
+        size = min(size_cells, key=lambda s: abs(math.log(len(comp)) - math.log(size_cells[s])))
+        objs.append((round(cy * 3), cx, (size, *key, third(cy, ("top", "middle", "bottom")),
+                                         third(cx, ("left", "center", "right")))))
+    return [words for *_, words in sorted(objs)]
+
+
+def size_cell_counts(cfg, scenes: Path, grid: int, mode: str, size: int) -> dict[str, float]:
+    """Per size word the median number of grid cells whose centre falls in an object's box."""
+    from statistics import median
+
+    from llavakit.train.align import _inside, cell_centres
+    cfg.instances, cfg.image_folder = str(scenes / "instances.json"), str(scenes / "images")
+    images, by_image, _ = read_instances(cfg)
+    counts: dict[str, list[int]] = {}
+    for im in images:
+        centres = cell_centres(int(im["width"]), int(im["height"]), grid, mode, size)
+        for a in by_image[int(im["id"])]:
+            counts.setdefault(a["size"], []).append(max(1, sum(_inside(p, a["bbox"]) for p in centres)))
+    return {s: float(median(v)) for s, v in counts.items()}
+
+
+def render_objects(objects: list[tuple[str, ...]], n_tokens: int, tok, background: str) -> list[int]:
+    """LM token ids: each object's words then a comma, the rest ``background``; cut at ``n_tokens``."""
+    ids: list[int] = []
+    for words in objects:
+        for w in (*words, ","):
+            ids += tok(" " + w if w != "," else ",", add_special_tokens=False)["input_ids"]
+    bg = tok(" " + background, add_special_tokens=False)["input_ids"][0]
+    return (ids + [bg] * n_tokens)[:n_tokens]
+
+
 REGIONS = ("top left", "top", "top right", "left", "center", "right", "bottom left", "bottom", "bottom right")
 
 
@@ -129,6 +209,10 @@ def main() -> int:
     ap.add_argument("--regions", choices=["none", "only", "after-cells"], default="none",
                     help="region tokens: per third of the image the LM's embeddings of its name (' top left') "
                          "then one token of its object's words; instead of the 49 cells or after them")
+    ap.add_argument("--objects", type=int, default=0, metavar="N",
+                    help="image tokens are a rendering of the scene's objects (size colour shape vertical "
+                         "horizontal ,) padded to N tokens with background: from the annotations, or with "
+                         "--snap from the snapped cells grouped into objects")
     ap.add_argument("--snap", metavar="PROJECTOR",
                     help="instead of the annotations' words: each cell's output of this (aligned) projector "
                          "snapped to its nearest target row (cosine) — a connector's content in the oracle's form")
@@ -145,12 +229,28 @@ def main() -> int:
                                           args.position_words) for split in ("train", "heldout"))
     keys = sorted({k for cells in (*train_cells.values(), *held_cells.values()) for k in cells} | {(cfg.background,)})
     index = {k: i for i, k in enumerate(keys)}
-    emb = model.language_model.get_input_embeddings().weight.detach()
+    emb = model.language_model.get_input_embeddings().weight.detach().clone()  # frozen, as a saved table
     table = word_table(keys, tok, emb)
     where = args.position * word_table(cell_region_words(grid), tok, emb)  # (N, D), zero unless --position
     if args.snap:  # replace the annotations' cell words by the projector's nearest target row
         train_cells, held_cells = (snapped(args.snap, run / "scenes" / split, keys, table, cells)
                                    for split, cells in (("train", train_cells), ("heldout", held_cells)))
+
+    if args.objects:
+        if args.snap:
+            sizes = size_cell_counts(cfg, run / "scenes" / "train", grid, tower.config.image_mode, tower.image_size)
+            print(f"cells per size word: {sizes}", file=sys.stderr)
+            train_objs, held_objs = ({n: cells_to_objects(c, grid, (cfg.background,), sizes) for n, c in cells.items()}
+                                     for cells in (train_cells, held_cells))
+            truth = annotated_objects(cfg, run / "scenes" / "heldout")
+            exact = sum(sorted(held_objs[n]) == sorted(truth[n]) for n in truth)
+            print(f"held-out scenes rendered exactly: {100 * exact / len(truth):.1f}%", file=sys.stderr)
+        else:
+            train_objs, held_objs = (annotated_objects(cfg, run / "scenes" / split) for split in ("train", "heldout"))
+        train_cells, held_cells = ({n: render_objects(o, args.objects, tok, cfg.background) for n, o in objs.items()}
+                                   for objs in (train_objs, held_objs))
+        model.processor.num_image_tokens = args.objects
+        bg_id = tok(" " + cfg.background, add_special_tokens=False)["input_ids"][0]
 
     train_regions, held_regions = (region_ids(cfg, run / "scenes" / split) for split in ("train", "heldout"))
     rkeys = sorted({k for r in (*train_regions.values(), *held_regions.values()) for k in r} | {(cfg.background,)})
@@ -160,6 +260,9 @@ def main() -> int:
     regions_of = {"train": train_regions, "heldout": held_regions}
 
     def tokens(names: list[str], cells: dict, blind: bool = False) -> torch.Tensor:
+        if args.objects:
+            rows = [[bg_id] * args.objects if blind else cells[n] for n in names]
+            return emb[torch.tensor(rows)].float()
         bg = index[(cfg.background,)]
         ids = [[bg] * tower.num_tokens if blind else [index[k] for k in cells[n]] for n in names]
         grid_tokens = table[torch.tensor(ids)] + where  # (B, N, D): fed as already-projected features
@@ -218,7 +321,7 @@ def main() -> int:
 
     facts, folder = synth.load_scenes(run / "scenes" / "heldout")
     questions = synth.make_questions(facts, folder.name, args.per_category, 0)
-    result = {"arm": args.arm, "align": vars(cfg), "position": args.position, "position_words": args.position_words, "regions": args.regions, "snap": args.snap, "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    result = {"arm": args.arm, "align": vars(cfg), "position": args.position, "position_words": args.position_words, "regions": args.regions, "objects": args.objects, "snap": args.snap, "steps": args.steps, "batch": args.batch, "lr": args.lr,
               "train_seconds": round(train_s, 1), "final_loss": losses[-1], "conditions": {}}
     for blind in (False, True):
         answers = {}

@@ -190,3 +190,29 @@ def test_stage1_is_refused_for_a_snapping_model(tmp_path):
     with pytest.raises(ConfigError, match="stage 1 has nothing to train"):
         validate(build_config({"model": "nano-words", "output_dir": str(tmp_path / "o")},
                               overrides=[f"data.path={data}"], stage="1"))
+
+
+def test_objects_projector_gets_its_word_tables_from_align_and_keeps_them(scenes, tmp_path):
+    from llavakit.data.tokenizer import load_processor
+    from llavakit.model import build_model, get_preset, load_model, save_pretrained
+
+    cfg = get_preset("tiny-random")
+    cfg.projector.snap, cfg.projector.objects = True, 10
+    base = save_pretrained(build_model(cfg), tmp_path / "objects-base")
+    assert load_processor(str(base)).num_image_tokens == 10  # the processor expands <image> to 10, not the grid
+    result = run_alignment(_cfg(scenes, tmp_path, model=str(base)))
+    sizes = result["object_size_cells"]
+    assert sizes["small"] <= sizes["medium"] <= sizes["large"]  # counted on the annotations' boxes
+    model = load_model(str(base), projector=result["projector"])
+    assert model.num_image_tokens == 10
+    with torch.no_grad():
+        tokens = model.encode_images(model.preprocess([Image.new("RGB", (40, 30), (200, 30, 30))]))
+    assert tokens.shape[:2] == (1, 10)
+    words = model.projector.words
+    assert all(any(torch.equal(r, w) for w in words) for r in tokens[0])  # every token is one word's row
+    saved = save_pretrained(model, tmp_path / "objects-model")
+    again = load_model(str(saved)).projector
+    for name in ("words", "key_words", "size_words", "size_cells", "special", "table"):
+        assert torch.equal(getattr(again, name), getattr(model.projector, name)), name
+    unsized = run_alignment(_cfg(scenes, tmp_path, model=str(base), size_field="", output_dir=str(tmp_path / "a2")))
+    assert unsized["object_size_cells"] == {}

@@ -112,7 +112,7 @@ def load_processor(spec: str, template: str | None = None, system_prompt: str | 
     tokenizer = load_tokenizer(config.lm, directory)
     if tokenizer.pad_token_id is None:  # as LlavaModel does
         tokenizer.pad_token = tokenizer.eos_token
-    n = num_image_tokens(config.vision, directory / "vision_tower" if directory is not None else None)
+    n = config.projector.objects or num_image_tokens(config.vision, directory / "vision_tower" if directory else None)
     return Processor(
         tokenizer,
         template or config.template,

@@ -157,6 +157,7 @@ def projector_meta(model: LlavaModel) -> dict:
     return {
         "projector": model.config.projector.kind,
         "snap": model.config.projector.snap,
+        "objects": model.config.projector.objects,
         "vision_fingerprint": model.vision_tower.fingerprint(),
         "vision_hidden_size": model.vision_tower.hidden_size,
         "lm_hidden_size": model.language_model.get_input_embeddings().weight.shape[1],
@@ -191,8 +192,9 @@ def load_projector(model: LlavaModel, path: str | Path) -> None:
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         mine = projector_meta(model)
-        for key in ("projector", "snap", "vision_hidden_size", "lm_hidden_size", "vision_fingerprint"):
-            if meta.get(key, False if key == "snap" else None) != mine[key]:
+        defaults = {"snap": False, "objects": 0}  # artifacts written before these keys existed
+        for key in ("projector", "snap", "objects", "vision_hidden_size", "lm_hidden_size", "vision_fingerprint"):
+            if meta.get(key, defaults.get(key)) != mine[key]:
                 raise ConfigError(
                     f"projector artifact {path} does not fit this model: {key} is {meta.get(key)!r} there, "
                     f"{mine[key]!r} here"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from llavakit.errors import ConfigError
+
 ImageMode = Literal["square", "pad", "resize"]
 
 
@@ -27,6 +29,13 @@ class ProjectorConfig:
 
     kind: str = "mlp2x_gelu"
     snap: bool = False  # each token → the nearest of the word embeddings `llavakit align` taught it (SnapToWords)
+    objects: int = 0  # > 0 (with snap): the snapped cells grouped into objects, said in this many word tokens
+
+    def __post_init__(self):
+        if not isinstance(self.objects, int) or isinstance(self.objects, bool) or self.objects < 0:
+            raise ConfigError(f"projector.objects must be a whole number of tokens >= 0, got {self.objects!r}")
+        if self.objects and not self.snap:
+            raise ConfigError("projector.objects groups snapped cells: it needs projector.snap: true")
 
 
 @dataclass

@@ -44,7 +44,8 @@ def describe(model) -> str:
         buffer.getvalue().rstrip(),
         f"image tokens per image : {tower.num_tokens} x {tower.hidden_size} "
         f"(input {tower.image_size}px, mode {cfg.vision.image_mode}, feature layer {cfg.vision.feature_layer}, "
-        f"{cfg.vision.feature_select})",
+        f"{cfg.vision.feature_select})" + (f"; said as {model.num_image_tokens} word tokens of objects "
+                                           "(projector.objects)" if cfg.projector.objects else ""),
         f"LM context length      : {getattr(lm_cfg, 'max_position_embeddings', 'unknown')} tokens, "
         f"hidden size {model.language_model.get_input_embeddings().weight.shape[1]}, dtype {model.dtype}",
         f"template               : {cfg.template} (stop {model.processor.stop_str!r}), "

@@ -18,6 +18,7 @@ from llavakit.data.templates import resolve_template
 from llavakit.errors import LlavakitError
 from llavakit.model.config import LlavaConfig
 from llavakit.model.generation import GenerationMixin
+from llavakit.model.objects import SnapToObjects
 from llavakit.model.projector import SnapToWords, build_projector
 
 
@@ -45,7 +46,9 @@ class LlavaModel(GenerationMixin, nn.Module):
         lm_dim = language_model.get_input_embeddings().weight.shape[1]
         if projector is None:
             projector = build_projector(config.projector.kind, vision_tower.hidden_size, lm_dim)
-            if config.projector.snap:
+            if config.projector.objects:
+                projector = SnapToObjects(projector, lm_dim, config.projector.objects)
+            elif config.projector.snap:
                 projector = SnapToWords(projector, lm_dim)
         self.projector = projector
         self.projector.to(dtype=language_model.dtype)
@@ -53,14 +56,14 @@ class LlavaModel(GenerationMixin, nn.Module):
             tokenizer.pad_token = tokenizer.eos_token
         config.template = resolve_template(config.template, tokenizer)  # checkpoints record the resolved name
         self.processor = Processor(
-            tokenizer, config.template, vision_tower.num_tokens, config.image_token, config.system_prompt
+            tokenizer, config.template, self.num_image_tokens, config.image_token, config.system_prompt
         )
 
     # --- pieces -------------------------------------------------------------------------------
 
     @property
     def num_image_tokens(self) -> int:
-        return self.vision_tower.num_tokens
+        return self.config.projector.objects or self.vision_tower.num_tokens
 
     def preprocess(self, images) -> torch.Tensor:
         return self.vision_tower.preprocess(images)

@@ -61,6 +61,13 @@ PRESETS: dict[str, LlavaConfig] = {
         lm=LMConfig(kind="embedded", name_or_path="SmolLM2-135M-Instruct"),
         template="chat_template",
     ),
+    "nano-objects": LlavaConfig(  # nano-words with the snapped cells grouped into objects, said in 24 word tokens
+        name="nano-objects",
+        vision=VisionConfig(kind="efficientnet-lite0", image_mode="pad"),
+        projector=ProjectorConfig(kind="mlp2x_gelu", snap=True, objects=24),
+        lm=LMConfig(kind="embedded", name_or_path="SmolLM2-135M-Instruct"),
+        template="chat_template",
+    ),
     "llava-v1-13b": LlavaConfig(
         name="llava-v1-13b",
         vision=VisionConfig(kind="hf", name_or_path="openai/clip-vit-large-patch14", feature_layer=-2, image_mode="square"),

@@ -47,6 +47,7 @@ class AlignConfig:
     output_dir: str = "runs/align"
     words: list[str] = field(default_factory=lambda: ["color", "category"])  # annotation fields, in order
     background: str = "background"  # the word for cells no box covers
+    size_field: str = "size"  # projector.objects: the annotation field naming an object's size ("" for none)
     steps: int = 1500
     batch_size: int = 32
     lr: float = 1e-3
@@ -316,6 +317,17 @@ def run_alignment(cfg: AlignConfig) -> dict:
     if snap:
         model.projector.table = table.to(device=model.projector.table.device)
         result["snap_table_rows"] = len(keys)
+    if model.config.projector.objects:  # the words the grouped objects are said in
+        from llavakit.train.align_objects import object_buffers, size_cell_counts
+
+        mode, side = tower.config.image_mode, tower.image_size
+        sizes = size_cell_counts([images[i] for i in keep], by_image, cfg.size_field, lambda im: cell_centres(
+            int(im["width"]), int(im["height"]), grid, mode, side)) if cfg.size_field else {}
+        buffers = object_buffers(keys, cfg.background, sizes, model.tokenizer,
+                                 model.language_model.get_input_embeddings().weight.detach())
+        for name, value in buffers.items():
+            setattr(model.projector, name, value.to(device=model.projector.table.device))
+        result["object_size_cells"] = sizes
     save_projector(model, out / "projector")
     write_json(out / "projector" / "training.json", {  # provenance: evaluations tell held-out images apart
         "stage": "align", "data": str(Path(cfg.instances).resolve()),
