@@ -110,6 +110,8 @@ def export_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
     """Write model + processor (image processor, tokenizer with ``<image>``, chat template)."""
     from transformers import LlavaProcessor
 
+    from llavakit.interop.chat_templates import export_chat_template
+
     out_dir = Path(out_dir)
     hf = to_hf_llava(model)
     tower: HFVisionTower = model.vision_tower
@@ -120,7 +122,7 @@ def export_hf_llava(model: LlavaModel, out_dir: str | Path) -> Path:
         tokenizer=model.tokenizer,
         patch_size=patch,
         vision_feature_select_strategy=hf.config.vision_feature_select_strategy,
-        chat_template=getattr(model.tokenizer, "chat_template", None),
+        chat_template=export_chat_template(model.processor),
         image_token=model.config.image_token,
         num_additional_image_tokens=1 if tower.has_cls else 0,
     )
