@@ -120,7 +120,7 @@ def main() -> None:
 
     from llavakit.data.batching import LengthGroupedSampler, padding_fraction, random_batches
     from llavakit.data.dataset import LlavaDataset
-    from llavakit.data.tokenizer import load_processor
+    from llavakit.model.tokenizer import load_processor
 
     records = build(args.records, args.seed)
     if args.out:

@@ -41,7 +41,7 @@ def main() -> None:
     from skimage import data
     from transformers import AutoModelForCausalLM
 
-    from llavakit.data.templates import Message
+    from llavakit.conversation.templates import Message
     from llavakit.model import load_model
     from llavakit.model.lm import convert_gguf, embedded_dir
 

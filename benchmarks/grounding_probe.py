@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from llavakit.data.processor import IGNORE_INDEX, place_image, to_messages
+from llavakit.conversation.processor import IGNORE_INDEX, place_image, to_messages
 from llavakit.eval import synth
 from llavakit.model import load_model
 from llavakit.train.align import build_align_config, cell_words, read_instances, word_table
@@ -167,7 +167,7 @@ def snapped(projector: str, scenes: Path, keys: list, table: torch.Tensor, cells
     the share of cells whose snapped key is the annotation's (printed: the connector's accuracy)."""
     import torch.nn.functional as F
 
-    from llavakit.data.images import load_image
+    from llavakit.imaging import load_image
     from llavakit.train.feature_cache import FeatureCache
 
     model = load_model("nano", projector=projector)

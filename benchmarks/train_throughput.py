@@ -116,7 +116,7 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
 def token_stats(work: Path, stage: int) -> dict:
     """Mean tokens / supervised tokens per sample, and model dimensions, for the FLOP count."""
     from llavakit.data.dataset import LlavaDataset, load_records
-    from llavakit.data.processor import Processor
+    from llavakit.conversation.processor import Processor
     from llavakit.model import load_model
 
     model = load_model(str(work / "model"))
@@ -176,7 +176,7 @@ def worker_llavakit(a) -> dict:
 
 def worker_cache(a) -> dict:
     """Seconds per image to fill the feature cache (the tower forward + image decoding)."""
-    from llavakit.data.images import load_image
+    from llavakit.imaging import load_image
     from llavakit.model import load_model
     from llavakit.train.feature_cache import FeatureCache
 
@@ -221,8 +221,8 @@ def worker_baseline(a) -> dict:
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
     from llavakit.data.dataset import LlavaDataset, load_records
-    from llavakit.data.images import load_image
-    from llavakit.data.processor import IGNORE_INDEX, Processor
+    from llavakit.imaging import load_image
+    from llavakit.conversation.processor import IGNORE_INDEX, Processor
 
     work = Path(a.work)
     model, lk = _baseline_model(work, a.stage)

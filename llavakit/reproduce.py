@@ -101,7 +101,7 @@ def layer_switch_check(captions: Path, image_folder: Path, out: Path, steps: int
     and a short stage 1 trains with each. Checks the switch only (random weights: no quality claim)."""
     import torch
 
-    from llavakit.data.images import load_image
+    from llavakit.imaging import load_image
     from llavakit.model import build_model, get_preset, save_pretrained
     from llavakit.train import build_config, run
 

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from llavakit.cli import main
-from llavakit.data.processor import to_messages
-from llavakit.data.templates import Message
+from llavakit.conversation.processor import to_messages
+from llavakit.conversation.templates import Message
 from llavakit.serve.batch import GenParams
 from llavakit.serve.chat import ChatSession, run_session
 

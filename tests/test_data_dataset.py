@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from llavakit.data.dataset import LlavaDataset
-from llavakit.data.processor import IGNORE_INDEX, Processor
-from llavakit.data.templates import Message
+from llavakit.conversation.processor import IGNORE_INDEX, Processor
+from llavakit.conversation.templates import Message
 from llavakit.errors import ConfigError, DataError
 from llavakit.model.lm import build_byte_tokenizer
 
@@ -172,7 +172,7 @@ def test_random_placement_is_the_same_in_another_process(processor, folder, tmp_
     code = (
         "import json,sys\n"
         "from llavakit.data.dataset import LlavaDataset, load_records\n"
-        "from llavakit.data.processor import Processor\n"
+        "from llavakit.conversation.processor import Processor\n"
         "from llavakit.model.lm import build_byte_tokenizer\n"
         "p = Processor(build_byte_tokenizer(), 'vicuna_v1', num_image_tokens=4, system_prompt='S')\n"
         f"ds = LlavaDataset(load_records({str(data)!r}), p, image_folder={str(folder)!r}, image_placement='random', seed=3)\n"

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from llavakit.data.images import fit_square, load_image, to_rgb, to_tensor
+from llavakit.imaging import fit_square, load_image, to_rgb, to_tensor
 from llavakit.errors import DataError
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

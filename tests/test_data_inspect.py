@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 
 from llavakit.cli import main
-from llavakit.data.templates import Message
-from llavakit.data.tokenizer import load_processor, num_image_tokens
+from llavakit.conversation.templates import Message
+from llavakit.model.tokenizer import load_processor, num_image_tokens
 from llavakit.errors import LlavakitError
 from llavakit.model.config import VisionConfig
 

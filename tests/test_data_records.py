@@ -7,7 +7,7 @@ import json
 import pytest
 
 from llavakit.data.records import load_records, parse_record, resolve_image
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 from llavakit.errors import DataError
 
 # Shapes of the real files, copied field for field (values shortened).

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from llavakit.cli import main
-from llavakit.data.processor import to_messages
+from llavakit.conversation.processor import to_messages
 from llavakit.datagen.cache import read_cache
 from llavakit.datagen.scenes import categories, sample_scene, scene_record
 from llavakit.datagen.world import SceneConfig

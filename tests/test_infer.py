@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from llavakit.cli import main
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 from llavakit.errors import DataError, LlavakitError
 from llavakit.serve.infer import answered_ids, read_questions, run_inference, shard
 

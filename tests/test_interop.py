@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 from llavakit.errors import LlavakitError
 from llavakit.interop.hf_llava import export_hf_llava, to_hf_llava
 from llavakit.model import build_model, get_preset

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from llavakit.data.processor import place_image
-from llavakit.data.templates import Message
+from llavakit.conversation.processor import place_image
+from llavakit.conversation.templates import Message
 from llavakit.interop.hf_llava import export_hf_llava
 from llavakit.model import build_model, get_preset
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from llavakit.data.processor import IGNORE_INDEX
-from llavakit.data.templates import Message
+from llavakit.conversation.processor import IGNORE_INDEX
+from llavakit.conversation.templates import Message
 from llavakit.model import ImageTokenMismatch, load_model, load_projector, save_pretrained, save_projector
 from llavakit.model.projector import build_projector
 from llavakit.errors import ConfigError, LlavakitError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 
 pytestmark = pytest.mark.integration
 

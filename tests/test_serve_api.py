@@ -14,7 +14,7 @@ import openai
 import pytest
 from PIL import Image
 
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 from llavakit.serve.api import ServeConfig, create_app
 from llavakit.serve.batch import GenParams, Row, generate_rows
 from llavakit.serve.cli import BackgroundServer

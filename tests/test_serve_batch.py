@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 from llavakit.serve.batch import GenParams, Row, RowState, generate_rows, held_tail, stop_strings_for
 from llavakit.serve.prompts import PromptEncoder
 

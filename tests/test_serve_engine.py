@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 from llavakit.errors import LlavakitError
 from llavakit.serve.batch import GenParams, Row
 from llavakit.serve.engine import Engine, EngineConfig, QueueFull

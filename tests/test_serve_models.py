@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 from llavakit.errors import LlavakitError
 from llavakit.serve.api import ServeConfig, create_app
 from llavakit.serve.cli import BackgroundServer

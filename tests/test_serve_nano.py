@@ -10,7 +10,7 @@ import openai
 import pytest
 from PIL import Image
 
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 from llavakit.serve.api import ServeConfig, create_app
 from llavakit.serve.batch import GenParams
 from llavakit.serve.chat import ChatSession

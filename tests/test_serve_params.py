@@ -10,7 +10,7 @@ import openai
 import pytest
 import torch
 
-from llavakit.data.templates import Message
+from llavakit.conversation.templates import Message
 from llavakit.serve.batch import GenParams, Row, adjust_logits, generate_rows, sample_probs
 from llavakit.serve.params import HONOURED, IGNORED, NEUTRAL
 from llavakit.serve.prompts import PromptEncoder

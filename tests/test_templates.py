@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from llavakit.data.processor import IGNORE_INDEX, Processor, place_image, to_messages
-from llavakit.data.templates import TEMPLATES, Message, get_template
+from llavakit.conversation.processor import IGNORE_INDEX, Processor, place_image, to_messages
+from llavakit.conversation.templates import TEMPLATES, Message, get_template
 from llavakit.errors import ConfigError, DataError
 from llavakit.model.lm import build_byte_tokenizer
 
@@ -260,7 +260,7 @@ def test_masking_is_exact_byte_tokenizer(template):
 @pytest.mark.integration
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_masking_is_exact_smollm2_tokenizer(template):
-    from llavakit.data.tokenizer import load_processor
+    from llavakit.model.tokenizer import load_processor
 
     # SmolLM2's vocabulary lacks 21 byte symbols: the control bytes 0x04 0x06 0x13 0x14 0x16 0x1d
     # and the UTF-8 lead bytes of the unassigned planes 4-13 (and never-valid bytes); its BPE drops

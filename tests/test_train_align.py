@@ -193,7 +193,7 @@ def test_stage1_is_refused_for_a_snapping_model(tmp_path):
 
 
 def test_objects_projector_gets_its_word_tables_from_align_and_keeps_them(scenes, tmp_path):
-    from llavakit.data.tokenizer import load_processor
+    from llavakit.model.tokenizer import load_processor
     from llavakit.model import build_model, get_preset, load_model, save_pretrained
 
     cfg = get_preset("tiny-random")

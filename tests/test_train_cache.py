@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from test_train_support import make_images, train_config, write_captions
 
-from llavakit.data.images import load_image
+from llavakit.imaging import load_image
 from llavakit.errors import DataError
 from llavakit.model.config import VisionConfig
 from llavakit.model.presets import TINY_CLIP

@@ -1,11 +1,8 @@
-"""LLaVA-format data: templates + exact masking, datasets, images, batching.
+"""LLaVA-format data: records, datasets, batching (conversations are :mod:`llavakit.conversation`,
+images :mod:`llavakit.imaging`).
 
-- :mod:`~llavakit.data.templates`: conversation templates (``plain``, ``v0``, ``vicuna_v1``, ``chat_template``) as segments,
-- :mod:`~llavakit.data.processor`: conversation → ids + labels, ``<image>`` expansion, image placement,
-- :mod:`~llavakit.data.tokenizer`: a model's processor without its weights,
 - :mod:`~llavakit.data.records`: reading JSON / JSONL / parquet / arrow / saved datasets, validating records,
 - :mod:`~llavakit.data.dataset`: :class:`LlavaDataset` (validated, tokenized examples + a report),
-- :mod:`~llavakit.data.images`: decoding, colour modes, EXIF, ``square`` / ``pad`` / ``resize``,
 - :mod:`~llavakit.data.batching`: collator, bad-image accounting, length-grouped sampler,
 - :mod:`~llavakit.data.inspect`: the ``llavakit data inspect`` verb.
 """

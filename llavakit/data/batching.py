@@ -34,8 +34,8 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from llavakit.data.images import load_image
-from llavakit.data.processor import IGNORE_INDEX
+from llavakit.imaging import load_image
+from llavakit.conversation.processor import IGNORE_INDEX
 from llavakit.errors import ConfigError, DataError
 
 ImageFn = Callable[[Sequence], dict]

@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Sequence
 
-from llavakit.data.processor import PLACEMENTS, Processor, place_image
+from llavakit.conversation.processor import PLACEMENTS, Processor, place_image
 from llavakit.data.records import Record, load_records, parse_record, record_id, resolve_image
-from llavakit.data.templates import SYSTEM, Message
+from llavakit.conversation.templates import SYSTEM, Message
 from llavakit.errors import ConfigError, DataError
 
 __all__ = ["DataReport", "Example", "LlavaDataset", "Record", "load_records", "parse_record"]

@@ -4,7 +4,7 @@ Prints record counts, the image / text-only split, rounds per conversation, a to
 histogram, invalid records with their reasons, too-long samples, missing (or, with
 ``--check-images``, undecodable) images, and one sample rendered token by token with the supervised
 spans highlighted (green; marked ⟦ ⟧ when the output has no colour) and image spans collapsed.
-Only the tokenizer is loaded (:func:`llavakit.data.tokenizer.load_processor`), never model weights.
+Only the tokenizer is loaded (:func:`llavakit.model.tokenizer.load_processor`), never model weights.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from llavakit.data.dataset import LONG_POLICIES, LlavaDataset, load_records
-from llavakit.data.processor import IGNORE_INDEX, PLACEMENTS
-from llavakit.data.templates import TEMPLATES
+from llavakit.conversation.processor import IGNORE_INDEX, PLACEMENTS
+from llavakit.conversation.templates import TEMPLATES
 from llavakit.errors import LlavakitError
 
 
@@ -101,7 +101,7 @@ def _pick(ds: LlavaDataset, wanted: str | None) -> int | None:
 def _check_images(ds: LlavaDataset, decode: bool, show: int) -> list[str]:
     from llavakit.progress import bar as progress_bar
 
-    from llavakit.data.images import load_image
+    from llavakit.imaging import load_image
     from llavakit.errors import DataError
 
     bad: list[tuple[str, str]] = []
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
-    from llavakit.data.tokenizer import load_processor
+    from llavakit.model.tokenizer import load_processor
 
     console = Console(highlight=False, soft_wrap=True)
     plain = console.no_color or not console.is_terminal

@@ -13,8 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from llavakit.data.processor import to_messages
-from llavakit.data.templates import ASSISTANT, SYSTEM, USER, Message
+from llavakit.conversation.processor import to_messages
+from llavakit.conversation.templates import ASSISTANT, SYSTEM, USER, Message
 from llavakit.errors import DataError
 
 HF_SUFFIXES = (".parquet", ".arrow")

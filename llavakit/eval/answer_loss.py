@@ -19,7 +19,7 @@ from typing import Sequence
 
 import torch
 
-from llavakit.data.processor import IGNORE_INDEX
+from llavakit.conversation.processor import IGNORE_INDEX
 from llavakit.errors import ConfigError, DataError
 
 

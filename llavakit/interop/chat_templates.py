@@ -10,10 +10,10 @@ ids llavakit trained on (``tests/test_interop_templates.py`` checks it id for id
 - every message's content is flattened as the server flattens it (``llavakit/serve/schema.py``):
   parts joined by a newline, each image part one image token;
 - a first user turn holding one image gets the image first, ``<image>\\n`` + the question, as
-  training and ``llavakit serve`` place it (``data.processor.place_image``);
+  training and ``llavakit serve`` place it (``conversation.processor.place_image``);
 - ``chat_template``: then the tokenizer's own template, unchanged (a model's system prompt is
   inserted as a system message when the conversation has none);
-- ``v0`` / ``vicuna_v1`` / ``plain``: the separators of :mod:`llavakit.data.templates`, with
+- ``v0`` / ``vicuna_v1`` / ``plain``: the separators of :mod:`llavakit.conversation.templates`, with
   ``bos_token`` first only where llavakit puts a BOS the tokenizer does not add itself.
 
 Written here because the templates are llavakit's own conventions: nothing in transformers
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import json
 
-from llavakit.data.processor import Processor
-from llavakit.data.templates import PlainTemplate, SeparatorTemplate
+from llavakit.conversation.processor import Processor
+from llavakit.conversation.templates import PlainTemplate, SeparatorTemplate
 
 
 def _literal(text: str) -> str:

@@ -62,6 +62,6 @@ class LlavaConfig:
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector: ProjectorConfig = field(default_factory=ProjectorConfig)
     lm: LMConfig = field(default_factory=LMConfig)
-    template: str = "auto"  # a key of llavakit.data.templates.TEMPLATES, or auto: the LM's chat template if it has one
+    template: str = "auto"  # a key of llavakit.conversation.templates.TEMPLATES, or auto: the LM's chat template if it has one
     image_token: str = "<image>"
     system_prompt: str | None = None  # None: the template's own default

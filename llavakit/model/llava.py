@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llavakit.data.processor import IGNORE_INDEX, Processor, add_image_token
-from llavakit.data.templates import resolve_template
+from llavakit.conversation.processor import IGNORE_INDEX, Processor, add_image_token
+from llavakit.conversation.templates import resolve_template
 from llavakit.errors import LlavakitError
 from llavakit.model.config import LlavaConfig
 from llavakit.model.generation import GenerationMixin

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from llavakit.data.images import to_tensor
+from llavakit.imaging import to_tensor
 from llavakit.errors import ConfigError, LlavakitError
 from llavakit.model.config import VisionConfig
 

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Iterable, TextIO
 
-from llavakit.data.images import load_image
-from llavakit.data.templates import ASSISTANT, USER, Message
+from llavakit.imaging import load_image
+from llavakit.conversation.templates import ASSISTANT, USER, Message
 from llavakit.errors import LlavakitError
 from llavakit.serve.batch import GenParams, Row, generate_rows
 from llavakit.serve.prompts import DEFAULT, PromptEncoder

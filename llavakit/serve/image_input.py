@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
-from llavakit.data.images import to_rgb
+from llavakit.imaging import to_rgb
 from llavakit.serve.schema import ImagePart, bad
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*),(?P<data>.*)$", re.DOTALL)

@@ -45,8 +45,8 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from llavakit.data.images import load_image
-from llavakit.data.templates import USER, Message
+from llavakit.imaging import load_image
+from llavakit.conversation.templates import USER, Message
 from llavakit.errors import DataError, LlavakitError
 from llavakit.serve.batch import GenParams, Row, generate_rows
 from llavakit.serve.prompts import DEFAULT, PromptEncoder

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from llavakit.data.processor import Processor
+from llavakit.conversation.processor import Processor
 from llavakit.errors import ConfigError, LlavakitError
 from llavakit.model.checkpoint import load_model
 from llavakit.model.config import LMConfig

@@ -1,7 +1,7 @@
 """Generation prompts with an optional per-request system prompt, tokenized exactly as in training.
 
 A request (an API call with a ``system`` message, ``llavakit chat --system``) may replace the
-model's configured system prompt: the model's :class:`~llavakit.data.processor.Processor` takes a
+model's configured system prompt: the model's :class:`~llavakit.conversation.processor.Processor` takes a
 leading ``Message("system", ...)`` for that. :class:`PromptEncoder` adds the lock that makes
 tokenizing safe from the API's worker threads.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Sequence
 
-from llavakit.data.templates import SYSTEM, Message
+from llavakit.conversation.templates import SYSTEM, Message
 
 DEFAULT = object()  # "use the model's configured system prompt"
 

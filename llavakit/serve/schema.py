@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from llavakit.data.processor import place_image
-from llavakit.data.templates import ASSISTANT, USER, Message
+from llavakit.conversation.processor import place_image
+from llavakit.conversation.templates import ASSISTANT, USER, Message
 from llavakit.serve.batch import GenParams
 from llavakit.serve.errors import ApiError, bad  # noqa: F401  (re-exported: the API's error type)
 from llavakit.serve.params import Limits, check_names, parse_params  # noqa: F401  (Limits re-exported)

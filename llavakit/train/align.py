@@ -238,7 +238,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
     images, by_image, names = read_instances(cfg)
 
     from llavakit.datagen.jsonio import write_json
-    from llavakit.data.images import load_image
+    from llavakit.imaging import load_image
     from llavakit.model import load_model, save_projector
     from llavakit.train.feature_cache import FeatureCache
 

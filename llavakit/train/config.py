@@ -211,7 +211,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
         if cfg.projector is not None:
             raise ConfigError("finetune uses the checkpoint's own projector: remove projector")
     if cfg.template is not None:
-        from llavakit.data.templates import TEMPLATES
+        from llavakit.conversation.templates import TEMPLATES
 
         if cfg.template not in TEMPLATES:
             raise ConfigError(f"template {cfg.template!r} is not one of {', '.join(TEMPLATES)}")

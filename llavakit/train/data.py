@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader, Subset
 
 from llavakit.data.batching import Collator, ImageLoader, LengthGroupedSampler, pixel_image_fn
 from llavakit.data.dataset import LlavaDataset
-from llavakit.data.images import load_image
-from llavakit.data.processor import IGNORE_INDEX
+from llavakit.imaging import load_image
+from llavakit.conversation.processor import IGNORE_INDEX
 from llavakit.errors import DataError
 from llavakit.train.config import BatchPlan, TrainConfig
 from llavakit.train.feature_cache import FeatureCache

@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 import torch
 from llavakit.progress import bar as progress_bar
 
-from llavakit.data.processor import IGNORE_INDEX
+from llavakit.conversation.processor import IGNORE_INDEX
 from llavakit.train import state as ckpt
 from llavakit.train.config import BatchPlan, TrainConfig
 from llavakit.train.metrics import MetricsLog

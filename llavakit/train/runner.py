@@ -171,7 +171,7 @@ def _frozen_linears_to_bf16(lm) -> None:
 
 def _load_model(cfg: TrainConfig, mixed: str, device_type: str = "cpu"):
     """(model, processor, freeze summary, the LM attention it trains with — None: its own)."""
-    from llavakit.data.processor import Processor
+    from llavakit.conversation.processor import Processor
     from llavakit.model import load_model
 
     model = load_model(cfg.model, projector=None if cfg.projector == FRESH_PROJECTOR else cfg.projector)

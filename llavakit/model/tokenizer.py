@@ -1,6 +1,6 @@
 """The text side of a model without its weights: tokenizer + template + image-token count.
 
-``load_processor("nano")`` builds the same :class:`~llavakit.data.processor.Processor` the model
+``load_processor("nano")`` builds the same :class:`~llavakit.conversation.processor.Processor` the model
 would have — for data inspection, length statistics and dataset building before (or without)
 loading a model. Sources, by the model spec:
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llavakit.data.processor import Processor
+from llavakit.conversation.processor import Processor
 from llavakit.errors import ConfigError, LlavakitError  # noqa: F401
 
 

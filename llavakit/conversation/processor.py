@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from llavakit.data.templates import ASSISTANT, SYSTEM, USER, Message, Template, get_template
+from llavakit.conversation.templates import ASSISTANT, SYSTEM, USER, Message, Template, get_template
 from llavakit.errors import DataError
 
 IGNORE_INDEX = -100
