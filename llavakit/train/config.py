@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import Literal
 
 from llavakit.errors import ConfigError
+from llavakit.train.stages import get_stage
 
-Stage = Literal[1, 2, "finetune"]
-STAGES: tuple = (1, 2, "finetune")
+StageKey = Literal[1, 2, "finetune"]  # the stages themselves: llavakit/train/stages.py
 
 
-FRESH_PROJECTOR = "fresh"  # stage 2 without stage 1: start from a randomly initialised projector
 
 
 @dataclass
@@ -73,7 +72,7 @@ class CheckpointConfig:
 
 @dataclass
 class TrainConfig:
-    stage: Stage = 1
+    stage: StageKey = 1
     model: str = "nano"  # a model preset or a llavakit checkpoint dir (finetune: a stage-2 checkpoint)
     projector: str | None = None  # stage 2: the stage-1 projector artifact (dir or .safetensors); "fresh": random init
     template: str | None = None  # None: stage 1 'plain' (image, then caption), else the model's own template
@@ -158,22 +157,9 @@ def _check_path(value: str | None, key: str, want: str) -> None:
         raise ConfigError(f"{key}: {value} does not exist")
 
 
-def _snaps(model: str, kind: str) -> bool:
-    from llavakit.model.presets import get_preset
-
-    if kind == "preset":
-        return get_preset(model).projector.snap
-    if kind == "llavakit":
-        from llavakit.model.checkpoint import read_config
-
-        return read_config(model).projector.snap
-    return False
-
-
 def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
     """Check everything that can be checked without loading a model; return the batch plan."""
-    if cfg.stage not in STAGES:
-        raise ConfigError(f"stage {cfg.stage!r} is not one of 1, 2, finetune")
+    stage = get_stage(cfg.stage)
     if cfg.data.path is None:
         raise ConfigError("data.path is required: set it in the config or pass data.path=FILE")
     _check_path(cfg.data.path, "data.path", "file")
@@ -188,28 +174,7 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
     if kind == "transformers-lm":
         raise ConfigError(f"model: {cfg.model} is a plain transformers language model, not a LLaVA model: use a "
                           "model preset whose lm.name_or_path is it, or a LLaVA checkpoint")
-    if cfg.stage == 1 and _snaps(cfg.model, kind):
-        raise ConfigError(f"model {cfg.model}: its projector snaps tokens to words (projector.snap), so stage 1 has "
-                          "nothing to train; go from `llavakit align` straight to stage 2 (projector=ALIGN/projector)")
-    if cfg.stage == 1:
-        if cfg.tune == "lora":
-            raise ConfigError("stage 1 trains only the projector: tune=lora applies to stage 2 / finetune")
-        if cfg.projector is not None:
-            _check_path(cfg.projector, "projector", "any")
-    elif cfg.stage == 2:
-        if cfg.projector is None and kind == "preset":
-            raise ConfigError(
-                "stage 2 starts from a stage-1 projector: set projector=DIR (the stage-1 run's "
-                f"output_dir/projector), projector={FRESH_PROJECTOR} (no alignment stage: paper Table 8's "
-                "ablation) or use a llavakit checkpoint as model"
-            )
-        if cfg.projector != FRESH_PROJECTOR:
-            _check_path(cfg.projector, "projector", "any")
-    else:
-        if kind == "preset":
-            raise ConfigError(f"finetune continues from a stage-2 checkpoint: model {cfg.model!r} is a preset")
-        if cfg.projector is not None:
-            raise ConfigError("finetune uses the checkpoint's own projector: remove projector")
+    stage.check(cfg, kind, _check_path)
     if cfg.template is not None:
         from llavakit.conversation.templates import TEMPLATES
 

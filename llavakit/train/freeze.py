@@ -1,23 +1,21 @@
-"""What trains in each stage — the one place where parameters are frozen or unfrozen.
+"""Freezing and unfreezing parameters — the one place ``requires_grad`` is set for training.
 
-- stage 1 (feature alignment): only the projector. The LLM's weights have ``requires_grad=False``,
-  so backward computes gradients of activations (to reach the projector) but no LLM weight grads.
-- stage 2 (visual instruction tuning): projector + the whole LLM (``tune: full``), or the
-  projector + LoRA adapters on the LLM (``tune: lora``, via peft).
-- finetune: as stage 2, continuing from a stage-2 checkpoint.
-
-The vision tower is frozen in every stage (its features can therefore be cached).
+The stage (:mod:`llavakit.train.stages`) says whether the LLM trains. When it does not (stage 1),
+the LLM's weights have ``requires_grad=False``, so backward computes gradients of activations (to
+reach the projector) but no LLM weight grads. When it does: the whole LLM (``tune: full``) or LoRA
+adapters on it (``tune: lora``, via peft). The projector always trains; the vision tower never
+(its features can therefore be cached).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
 from llavakit.errors import ConfigError
 from llavakit.train.config import LoraSettings, TrainConfig
+from llavakit.train.stages import get_stage
 
 
 @dataclass
@@ -73,26 +71,15 @@ def add_lora(model, settings: LoraSettings) -> None:
         raise ConfigError(f"lora.target_modules {settings.target_modules!r}: {exc}") from None
 
 
-def freeze_stage1(model, cfg: TrainConfig) -> None:
-    model.requires_grad_(False)
-    model.projector.requires_grad_(True)
-
-
-def freeze_stage2(model, cfg: TrainConfig) -> None:
-    model.requires_grad_(False)
-    if cfg.tune == "lora":
-        add_lora(model, cfg.lora)  # adapters trainable, base LLM frozen
-    else:
-        model.language_model.requires_grad_(True)
-    model.projector.requires_grad_(True)
-
-
-FREEZERS: dict[int | str, Callable] = {1: freeze_stage1, 2: freeze_stage2, "finetune": freeze_stage2}
-
-
 def freeze_for_stage(model, cfg: TrainConfig) -> Trainable:
     """Set ``requires_grad`` for ``cfg.stage`` (and add LoRA adapters); return the counts."""
-    FREEZERS[cfg.stage](model, cfg)
+    model.requires_grad_(False)
+    if get_stage(cfg.stage).trains_lm:
+        if cfg.tune == "lora":
+            add_lora(model, cfg.lora)  # adapters trainable, base LLM frozen
+        else:
+            model.language_model.requires_grad_(True)
+    model.projector.requires_grad_(True)
     model.vision_tower.requires_grad_(False)
     if cfg.gradient_checkpointing:
         model.language_model.activation_checkpointing_enable({"use_reentrant": False})

@@ -22,7 +22,8 @@ import torch
 from llavakit.config import to_dict
 from llavakit.errors import ConfigError, LlavakitError
 from llavakit.train import state as ckpt
-from llavakit.train.config import FRESH_PROJECTOR, TrainConfig, validate
+from llavakit.train.config import TrainConfig, validate
+from llavakit.train.stages import FRESH_PROJECTOR, get_stage
 from llavakit.train.freeze import freeze_for_stage, param_groups, trainable_names
 from llavakit.train.metrics import MetricsLog, plot_loss
 from llavakit.train.presets import build_config
@@ -145,8 +146,8 @@ def train_attention(cfg: TrainConfig, device_type: str, mixed: str, lm_attention
     (docs/benchmarks.md)."""
     if cfg.attention != "auto":
         return cfg.attention
-    cpu_stage1 = cfg.stage == 1 and device_type == "cpu" and mixed == "bf16"
-    return "sdpa_math" if cpu_stage1 and lm_attention == "sdpa" else None
+    frozen_lm_on_cpu = not get_stage(cfg.stage).trains_lm and device_type == "cpu" and mixed == "bf16"
+    return "sdpa_math" if frozen_lm_on_cpu and lm_attention == "sdpa" else None
 
 
 def attention_kernels(attention: str | None):
@@ -174,16 +175,17 @@ def _load_model(cfg: TrainConfig, mixed: str, device_type: str = "cpu"):
     from llavakit.conversation.processor import Processor
     from llavakit.model import load_model
 
+    stage = get_stage(cfg.stage)
     model = load_model(cfg.model, projector=None if cfg.projector == FRESH_PROJECTOR else cfg.projector)
-    template = cfg.template or ("plain" if cfg.stage == 1 else model.config.template)  # stage 1: the paper's plain
+    template = cfg.template or stage.template or model.config.template
     processor = Processor(model.tokenizer, template, model.num_image_tokens, model.config.image_token,
                           model.config.system_prompt)
-    if cfg.stage != 1:  # the checkpoint records the template it was tuned with
+    if stage.artifact == "model":  # the checkpoint records the template it was tuned with
         model.config.template = template
         model.processor = processor
     summary = freeze_for_stage(model, cfg)
     attention = train_attention(cfg, device_type, mixed, model.language_model.config._attn_implementation)
-    if cfg.stage == 1 and mixed == "bf16":
+    if not stage.trains_lm and mixed == "bf16":
         _frozen_linears_to_bf16(model.language_model)
     if attention is not None:  # training only: the saved artifact keeps the LM's own kernel
         try:
@@ -357,7 +359,8 @@ def _check_world(accelerator, position: ckpt.Position) -> None:
 def _save_artifact(cfg: TrainConfig, accelerator, model, out: Path) -> Path:
     from llavakit.model import save_pretrained, save_projector
 
-    target = out / ("projector" if cfg.stage == 1 else "model")
+    artifact = get_stage(cfg.stage).artifact
+    target = out / artifact
     final = accelerator.unwrap_model(model)
     from accelerate.utils import DistributedType
 
@@ -374,7 +377,7 @@ def _save_artifact(cfg: TrainConfig, accelerator, model, out: Path) -> Path:
                     "nothing was saved"
                 )
     if accelerator.is_main_process:
-        (save_projector if cfg.stage == 1 else save_pretrained)(final, target)
+        (save_projector if artifact == "projector" else save_pretrained)(final, target)
         write_provenance(cfg, target)
         if hasattr(final.language_model, "peft_config"):  # tune=lora: the adapter as PEFT writes it, too
             final.language_model.save_pretrained(out / "adapter")
