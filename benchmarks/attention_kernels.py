@@ -37,11 +37,11 @@ def load():
 
 
 def step_times(lm, batch: int, length: int, stage: int, rounds: int) -> dict[str, float]:
-    from llavakit.train.runner import _frozen_linears_to_bf16
+    from llavakit.train.precision import frozen_linears_to_bf16
 
     lm.requires_grad_(stage != 1)
     if stage == 1:
-        _frozen_linears_to_bf16(lm)
+        frozen_linears_to_bf16(lm)
     params = [p for p in lm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-5, fused=True) if params else None
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=8)
     args = parser.parse_args()
-    from llavakit.train.runner import cpu_has_bf16
+    from llavakit.train.precision import cpu_has_bf16
 
     if not cpu_has_bf16():
         raise SystemExit("this CPU has no native bf16: the comparison is about bf16 autocast on the CPU")

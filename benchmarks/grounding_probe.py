@@ -290,7 +290,7 @@ def main() -> int:
                          f"of {run / 'data' / 'instruct.json'}")
     from transformers import get_scheduler
 
-    from llavakit.train.runner import cpu_has_bf16
+    from llavakit.train.precision import cpu_has_bf16
 
     opt = torch.optim.AdamW([p for p in lm.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.0)
     sched = get_scheduler("cosine", opt, num_warmup_steps=max(1, round(0.03 * args.steps)),

@@ -206,7 +206,7 @@ class Quickstart:
                        "checkpoint.every=25", "checkpoint.keep_last=1", f"progress={self.progress}", *overrides],
         )
         from llavakit.train import state as train_state
-        from llavakit.train.runner import cpu_has_bf16
+        from llavakit.train.precision import cpu_has_bf16
 
         if self.budget.cpu_bf16 and cpu_has_bf16():
             cfg.mixed_precision = "bf16"

@@ -125,7 +125,7 @@ def test_cli_check_validates_and_prints_the_global_batch_without_a_model(tmp_pat
 
 
 def test_cpu_mixed_precision_rules(tmp_path, data_file, monkeypatch):
-    from llavakit.train import runner
+    from llavakit.train import precision as runner
 
     def cfg(mixed):
         return build_config({"stage": 1, "model": "tiny-random", "data": {"path": str(data_file)},

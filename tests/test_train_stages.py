@@ -205,7 +205,7 @@ def test_loss_plot_skips_steps_without_a_supervised_token(tmp_path):
 
 
 def test_attention_choice_per_stage_device_and_precision(tmp_path):
-    from llavakit.train.runner import train_attention
+    from llavakit.train.precision import train_attention
 
     data, images = write_captions(tmp_path, 4)
     s1, s2 = (train_config(tmp_path, stage, data, images, projector="fresh") for stage in (1, 2))
@@ -231,11 +231,11 @@ def test_an_attention_the_lm_cannot_use_is_a_config_error(tmp_path, monkeypatch,
 
 
 def _stage1_bf16(tmp_path, monkeypatch, cast: bool, name: str):
-    from llavakit.train import runner
+    from llavakit.train import precision, runner
 
-    monkeypatch.setattr(runner, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
     if not cast:
-        monkeypatch.setattr(runner, "_frozen_linears_to_bf16", lambda lm: None)
+        monkeypatch.setattr(runner, "frozen_linears_to_bf16", lambda lm: None)
     data, images = write_captions(tmp_path, 8)
     cfg = train_config(tmp_path, 1, data, images, max_steps=2, mixed_precision="bf16", cpu=True,
                        output_dir=str(tmp_path / name))

@@ -63,7 +63,7 @@ def run(args) -> int:
     cfg = build_config(args.config, args.preset, args.overrides, args.stage)
     if args.check:
         from llavakit.config import to_dict
-        from llavakit.train.runner import make_accelerator
+        from llavakit.train.precision import make_accelerator
 
         _, plan, _ = make_accelerator(cfg)
         print(json.dumps(to_dict(cfg), indent=2))
