@@ -195,3 +195,25 @@ def test_a_tiny_temperature_samples_like_greedy_instead_of_failing(server, tiny_
     greedy = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=0)
     tiny = c.chat.completions.create(model=MODEL, messages=HELLO, max_tokens=6, temperature=1e-300, seed=1)
     assert tiny.choices[0].message.content == greedy.choices[0].message.content
+
+
+@pytest.mark.parametrize("body, needle", [
+    ({"n": True}, "n=True is not supported"),  # True == 1, but it is not the neutral value
+    ({"logprobs": 0.0}, "logprobs=0.0"),
+    ({"max_tokens": -5, "max_completion_tokens": 3}, "max_tokens must be at least 1"),
+    ({"max_tokens": 3, "max_completion_tokens": 10**6}, "max_completion_tokens is 1000000"),
+    ({"max_tokens": "many", "max_completion_tokens": 3}, "max_tokens must be an integer"),
+])
+def test_every_sent_value_is_checked_by_type_and_range(body, needle):
+    from llavakit.serve.errors import ApiError
+    from llavakit.serve.params import Limits, check_names, parse_params
+
+    with pytest.raises(ApiError, match=re.escape(needle)):
+        check_names(body, {"max_tokens", "max_completion_tokens"})
+        parse_params(body, Limits())
+
+
+def test_max_completion_tokens_wins_when_both_are_valid():
+    from llavakit.serve.params import Limits, parse_params
+
+    assert parse_params({"max_tokens": 9, "max_completion_tokens": 3}, Limits()).max_new_tokens == 3

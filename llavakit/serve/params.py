@@ -69,7 +69,7 @@ def check_names(body: dict, endpoint_keys: set[str]) -> list[str]:
     """Refuse unknown and non-neutral parameters; return the ignored ones the request sent."""
     ignored = []
     for key, value in body.items():
-        if key in NEUTRAL and value not in NEUTRAL[key][0]:
+        if key in NEUTRAL and not any(type(value) is type(ok) and value == ok for ok in NEUTRAL[key][0]):
             raise bad(f"parameter {key}={value!r} is not supported by this server ({NEUTRAL[key][1]})", key,
                        "unsupported_parameter")
         if key in IGNORED:
@@ -130,15 +130,20 @@ def parse_params(body: dict, limits: Limits, default_max_tokens: int | None = No
     top_p = _number(body, "top_p", 0.0, 1.0, 1.0)
     if top_p == 0:
         raise bad("top_p must be greater than 0", "top_p")
-    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = _int(body, key, -2**31, 2**31)
+    asked = {}
+    for key in ("max_tokens", "max_completion_tokens"):  # both checked; max_completion_tokens wins when both sent
+        value = _int(body, key, -2**31, 2**31)
+        if value is None:
+            continue
+        if value < 1:
+            raise bad(f"{key} must be at least 1, got {value}", key)
+        if value > limits.max_tokens_cap:
+            raise bad(f"{key} is {value} but this server allows at most {limits.max_tokens_cap}", key,
+                      "max_tokens_too_large")
+        asked[key] = value
+    max_tokens = asked.get("max_completion_tokens", asked.get("max_tokens"))
     if max_tokens is None:
         max_tokens = min(default_max_tokens or limits.default_max_tokens, limits.max_tokens_cap)
-    elif max_tokens < 1:
-        raise bad(f"{key} must be at least 1, got {max_tokens}", key)
-    elif max_tokens > limits.max_tokens_cap:
-        raise bad(f"{key} is {max_tokens} but this server allows at most {limits.max_tokens_cap}", key,
-                   "max_tokens_too_large")
     stop = body.get("stop")
     stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
