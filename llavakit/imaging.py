@@ -54,11 +54,28 @@ def to_rgb(img: Image.Image) -> Image.Image:
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open and fully decode an image as RGB; a corrupt or missing file raises DataError."""
+DEFAULT_MAX_PIXELS = 4096 * 4096  # chat / infer / serve: per image, from its header before decoding
+
+
+def check_size(width: int, height: int, what: str, max_pixels: int | None, canvas: bool = False) -> None:
+    """Refuse an image over ``max_pixels`` (``canvas``: also the square a ``pad`` model pads it to)."""
+    if max_pixels is None:
+        return
+    if width * height > max_pixels:
+        raise DataError(f"image {what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
+                        "(--max-image-pixels)")
+    if canvas and max(width, height) ** 2 > max_pixels:
+        raise DataError(f"image {what} is {width}x{height}: this model pads it to a {max(width, height)}-pixel "
+                        f"square, over the limit of {max_pixels} pixels (crop it, or raise --max-image-pixels)")
+
+
+def load_image(path: str | Path, max_pixels: int | None = None, canvas: bool = False) -> Image.Image:
+    """Open and fully decode an image as RGB; a corrupt or missing file raises DataError, and so does
+    one over ``max_pixels`` (see :func:`check_size`), before it is decoded."""
     path = Path(path)
     try:
         with Image.open(path) as img:
+            check_size(*img.size, str(path), max_pixels, canvas)
             img.load()
             return to_rgb(img)
     except FileNotFoundError:

@@ -110,3 +110,14 @@ def test_a_prompt_over_the_context_is_refused(tiny_model):
     err = io.StringIO()
     assert run_session(chat, ["word " * 3000], io.StringIO(), err) == 1
     assert "over the model's context of 2048 tokens" in err.getvalue() and chat.turns == []
+
+
+def test_chat_refuses_an_image_over_the_pixel_cap(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (200, 100)).save(big)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["chat", "tiny-random", "--image", str(big), "--max-image-pixels", "10000"]) == 2
+    err = capsys.readouterr().err
+    assert "is 200x100 = 20000 pixels, over the limit of 10000" in err and "Traceback" not in err

@@ -148,3 +148,18 @@ def test_a_corrupt_image_stops_or_is_skipped_and_listed(tiny_model, qset, tmp_pa
     run_inference(tiny_model, questions, folder, tmp_path / "b.jsonl", max_new_tokens=2, progress=False,
                   skip_bad_images=True)
     assert len(read(out)) == len(questions) and not (tmp_path / "b.jsonl.skipped.json").exists()
+
+
+def test_an_image_over_the_pixel_cap_is_refused_before_decoding(tiny_model, qset, tmp_path):
+    questions, folder, _ = qset
+    Image.new("RGB", (3000, 1)).save(folder / "thin.png")  # 3,000 pixels, padded to a 9,000,000-pixel square
+    thin = [{"question_id": "thin", "image": "thin.png", "text": "hi"}]
+    with pytest.raises(DataError, match="question thin: image .*thin.png is 3000x1: this model pads it to a 3000-pixel"):
+        run_inference(tiny_model, thin, folder, tmp_path / "a.jsonl", max_new_tokens=2, progress=False,
+                      max_image_pixels=1_000_000)
+    with pytest.raises(DataError, match=r"is 40x32 = 1280 pixels, over the limit of 1000"):
+        run_inference(tiny_model, questions[:1], folder, tmp_path / "b.jsonl", max_new_tokens=2, progress=False,
+                      max_image_pixels=1000)
+    out = run_inference(tiny_model, thin, folder, tmp_path / "c.jsonl", max_new_tokens=2, progress=False,
+                        max_image_pixels=10_000_000)  # under the cap (and its padded square too): answered
+    assert [r["question_id"] for r in read(out)] == ["thin"]

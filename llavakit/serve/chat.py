@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Iterable, TextIO
 
-from llavakit.imaging import load_image
+from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image
 from llavakit.conversation.templates import ASSISTANT, USER, Message
 from llavakit.errors import LlavakitError
 from llavakit.serve.batch import GenParams, Row, generate_rows
@@ -33,7 +33,7 @@ HELP = """commands:
 class ChatSession:
     """The conversation so far and the image it is about."""
 
-    def __init__(self, model, params: GenParams, system: str | None = None):
+    def __init__(self, model, params: GenParams, system: str | None = None, max_image_pixels: int | None = None):
         self.model = model
         self.params = params
         self.system = DEFAULT if system is None else system
@@ -41,6 +41,7 @@ class ChatSession:
         self.turns: list[Message] = []
         self.image = None
         self.image_path: str | None = None
+        self.max_image_pixels = max_image_pixels
 
     def set_image(self, path: str) -> None:
         from llavakit.serve.models import accepts_images
@@ -48,7 +49,8 @@ class ChatSession:
         if not accepts_images(self.model):
             raise LlavakitError("this model is a text-only LLM: it cannot take images")
         try:
-            self.image = load_image(path)
+            pad = getattr(getattr(self.model, "config", None), "vision", None)
+            self.image = load_image(path, self.max_image_pixels, canvas=getattr(pad, "image_mode", None) == "pad")
         except LlavakitError as exc:  # say which image the next question is about
             still = f"the conversation stays about {self.image_path}" if self.image_path else "there is no image"
             raise LlavakitError(f"{exc}; {still}") from None
@@ -176,6 +178,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-only", action="store_true", help="load only the language model (or a plain LM dir / .gguf)")
     parser.add_argument("--template", help="conversation template for --text-only models")
     parser.add_argument("--device", help="e.g. cuda, cpu")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse a larger image before decoding it (default 4096x4096)")
 
 
 def run(args) -> int:
@@ -183,7 +187,7 @@ def run(args) -> int:
 
     params = GenParams(args.max_new_tokens, args.temperature, args.top_p, (), args.seed)
     model = load_servable(args.model, text_only=args.text_only, template=args.template, device=args.device)
-    session = ChatSession(model, params, args.system)
+    session = ChatSession(model, params, args.system, args.max_image_pixels)
     if args.image:
         session.set_image(args.image)
     interactive = sys.stdin.isatty()

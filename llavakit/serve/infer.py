@@ -45,7 +45,7 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from llavakit.imaging import load_image
+from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image
 from llavakit.conversation.templates import USER, Message
 from llavakit.errors import DataError, LlavakitError
 from llavakit.serve.batch import GenParams, Row, generate_rows
@@ -152,7 +152,7 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
                   max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
                   model_id: str | None = None, num_shards: int = 1, shard_index: int = 0, progress: bool = True,
                   image_override=None, system: str | None = None, seed: int = 0, stop: Sequence[str] = (),
-                  skip_bad_images: bool = False) -> Path:
+                  skip_bad_images: bool = False, max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> Path:
     """Answer ``questions`` in batches into ``out_path`` (see the module docstring)."""
     from llavakit.progress import bar as progress_bar
 
@@ -174,6 +174,7 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
         _check_images(pending, folder, accepts_images(model))
     model_id = model_id or getattr(getattr(model, "config", None), "name", None) or getattr(model, "name", "llavakit")
     prompts = PromptEncoder(model)
+    pad = getattr(getattr(getattr(model, "config", None), "vision", None), "image_mode", None) == "pad"
     bar = progress_bar(total=len(mine), initial=len(mine) - len(pending), desc="infer", unit="q", show=progress)
     skipped: dict[str, str] = {}
     with open(out_path, "a", encoding="utf-8") as out:
@@ -184,7 +185,7 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
                 if q.get("image"):
                     try:
                         image = image_override if image_override is not None else load_image(
-                            (folder or Path(".")) / q["image"])
+                            (folder or Path(".")) / q["image"], max_image_pixels, canvas=pad)
                     except DataError as exc:
                         if not skip_bad_images:
                             raise DataError(f"question {q['question_id']}: {exc} (--skip-bad-images leaves such "
@@ -242,6 +243,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--text-only", action="store_true", help="load only the language model (or a plain LM dir / .gguf)")
     parser.add_argument("--template", help="conversation template for --text-only models")
     parser.add_argument("--device", help="e.g. cuda, cpu")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse a larger image before decoding it (default 4096x4096)")
     parser.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
                         help="no progress bar (--no-progress: the older spelling)")
 
@@ -266,6 +269,7 @@ def run(args) -> int:
         model_id=args.model_id or model_name(args.model), num_shards=args.num_shards, shard_index=args.shard_index,
         progress=not args.quiet, image_override=blank_image(model) if args.blind else None,
         system=args.system, seed=args.seed, skip_bad_images=args.skip_bad_images,
+        max_image_pixels=args.max_image_pixels,
     )
     total = len(answered_ids(out))
     print(f"llavakit infer: {total - before} new answer(s), {total} in {out}")
