@@ -20,8 +20,6 @@ from llavakit.train.stages import get_stage
 StageKey = Literal[1, 2, "finetune"]  # the stages themselves: llavakit/train/stages.py
 
 
-
-
 @dataclass
 class DataConfig:
     path: str | None = None  # LLaVA JSON / JSONL
