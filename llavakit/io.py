@@ -7,6 +7,13 @@ writers of different processes never share a temp file; a leftover temp file fro
 is harmless (hidden, replaced on the next write).
 
 (This is what the standard library does not offer in one call; ``os.replace`` is the atomic part.)
+
+JSONL files llavakit *appends* to (training metrics, answers, judge and teacher caches) are read
+under one policy, :func:`read_jsonl_log`: a last line with no newline after it that is not a JSON
+object is a write cut by a kill — dropped (and, with ``repair``, cut off the file so the next
+append starts on its own line) and redone; any other line that is not a JSON object is damage,
+refused naming the file and line. Files users give (data, questions) are read strictly by their
+own readers: every bad line is an error there.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Iterable
+
+from llavakit.errors import DataError
 
 
 def atomic_write(path: str | Path, data: str | bytes) -> Path:
@@ -43,3 +52,60 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Pa
 def atomic_write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
     """One JSON object per line, atomically."""
     return atomic_write(path, "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records))
+
+
+def cut_torn_tail(path: str | Path) -> int:
+    """Cut a last line with no newline after it off ``path`` (scanning back from the end); the bytes cut."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return 0
+    size = path.stat().st_size
+    with open(path, "rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return 0
+        keep, pos = 0, size
+        while pos > 0:
+            start = max(0, pos - 4096)
+            fh.seek(start)
+            newline = fh.read(pos - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            pos = start
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return size - keep
+
+
+def read_jsonl_log(path: str | Path, what: str = "file", repair: bool = False) -> tuple[list[tuple[int, dict]], bool]:
+    """((line number, record) pairs, whether a torn last line was dropped) of a JSONL file llavakit appends to; a missing
+    file has none. See the module docstring for the policy; ``repair`` also cuts the torn line off
+    the file, or ends a whole last record with its newline."""
+    path = Path(path)
+    if not path.is_file():
+        return [], False
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    records: list[tuple[int, dict]] = []
+    for number, raw in enumerate(lines, 1):
+        if not raw.strip():
+            continue
+        try:
+            record = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+            record = None
+        if isinstance(record, dict):
+            records.append((number, record))
+            continue
+        if number == len(lines):  # no newline after it: a write cut by a kill
+            if repair:
+                cut_torn_tail(path)
+            return records, True
+        raise DataError(f"{what} {path}:{number}: line {number} is not a JSON object (damaged?); fix or delete the file to "
+                        "start over")
+    if repair and data and not data.endswith(b"\n"):
+        with open(path, "ab") as fh:
+            fh.write(b"\n")
+    return records, False

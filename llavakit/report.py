@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 from pathlib import Path
 
 from llavakit.eval.report import md_table
+from llavakit.io import read_jsonl_log
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line of an interrupted run
-    return rows
+    return [r for _, r in read_jsonl_log(path, "log")[0]]  # a torn last line (an interrupted run) is left out
 
 
 def _pyplot():

@@ -3,8 +3,8 @@
 One JSON object per line, each with a ``key`` (``image/type/variant/prompt-hash``). Every line is
 written in one ``write`` and flushed at once, so a killed process leaves at most one torn last line;
 ``fsync`` runs at most every ``fsync_every`` seconds and on close (power-loss safety up to that).
-On open for appending, a torn tail is cut off (so the next record starts on its own line); on
-reading, undecodable lines are skipped and counted. Each process appends to its own file
+On open for appending, a torn tail is cut off (so the next record starts on its own line); reading
+follows :func:`llavakit.io.read_jsonl_log` (a torn last line is left out and counted). Each process appends to its own file
 (``all.jsonl`` or ``shard-I-of-N.jsonl``) in the cache directory; readers merge all files there.
 """
 
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llavakit.errors import DataError
+from llavakit.io import cut_torn_tail, read_jsonl_log
 
 
 @dataclass
@@ -36,54 +37,20 @@ def read_cache(directory: str | Path, keep_raw: bool = False) -> CacheContents:
         return out
     for path in sorted(directory.glob("*.jsonl")):
         out.files += 1
-        with open(path, "rb") as fh:
-            for raw in fh:
-                try:
-                    rec = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError):
-                    out.torn += 1
+        records, torn = read_jsonl_log(path, "generation cache")
+        out.torn += torn
+        for n, rec in records:
+            if not isinstance(rec.get("key"), str):
+                raise DataError(f"generation cache {path} line {n}: no key; delete the cache to start over")
+            if not keep_raw:
+                rec.pop("raw", None)
+            old = out.records.get(rec["key"])
+            if old is not None:
+                out.duplicates += 1
+                if old.get("status") == "ok":
                     continue
-                if not isinstance(rec, dict) or not isinstance(rec.get("key"), str):
-                    out.torn += 1
-                    continue
-                if not keep_raw:
-                    rec.pop("raw", None)
-                old = out.records.get(rec["key"])
-                if old is not None:
-                    out.duplicates += 1
-                    if old.get("status") == "ok":
-                        continue
-                out.records[rec["key"]] = rec
+            out.records[rec["key"]] = rec
     return out
-
-
-def repair_tail(path: Path) -> int:
-    """Cut a torn last line (no trailing newline) off ``path``; returns the bytes removed."""
-    if not path.is_file():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb+") as fh:
-        fh.seek(-1, os.SEEK_END)
-        if fh.read(1) == b"\n":
-            return 0
-        # scan back for the last newline
-        pos, chunk = size, 4096
-        keep = 0
-        while pos > 0:
-            start = max(0, pos - chunk)
-            fh.seek(start)
-            data = fh.read(pos - start)
-            nl = data.rfind(b"\n")
-            if nl >= 0:
-                keep = start + nl + 1
-                break
-            pos = start
-        fh.truncate(keep)
-        fh.flush()
-        os.fsync(fh.fileno())
-    return size - keep
 
 
 class CacheWriter:
@@ -92,7 +59,7 @@ class CacheWriter:
     def __init__(self, path: str | Path, fsync_every: float = 1.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.repaired = repair_tail(self.path)
+        self.repaired = cut_torn_tail(self.path)
         try:
             self._fh = open(self.path, "ab")
         except OSError as exc:

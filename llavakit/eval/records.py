@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from llavakit.errors import DataError
-from llavakit.io import atomic_write_jsonl
+from llavakit.io import atomic_write_jsonl, read_jsonl_log
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:
@@ -81,31 +81,16 @@ class JsonlCache:
             self._load()
 
     def _load(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        good: list[str] = []
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                if lineno == len(lines) and not line.endswith("\n"):
-                    print(f"{self.path}: dropped an unfinished last line (line {lineno}); it will be redone",
-                          file=sys.stderr)
-                    self.path.write_text("".join(good), encoding="utf-8")
-                    return
-                raise DataError(f"cache {self.path} line {lineno}: invalid JSON; delete the file to start over") from None
-            if not isinstance(rec, dict):
-                raise DataError(f"cache {self.path} line {lineno}: expected a JSON object")
+        records, torn = read_jsonl_log(self.path, "cache", repair=True)
+        if torn:
+            print(f"{self.path}: dropped an unfinished last line; it will be redone", file=sys.stderr)
+        for n, rec in records:
             try:
                 key = self.key(rec)
             except (KeyError, TypeError, ValueError):
-                raise DataError(f"cache {self.path} line {lineno}: not a record of this cache (another version "
+                raise DataError(f"cache {self.path} line {n}: not a record of this cache (another version "
                                 "or another evaluation?); delete the file to start over") from None
             self.records[key] = rec
-            good.append(line if line.endswith("\n") else line + "\n")
-        if lines and not lines[-1].endswith("\n"):
-            self.path.write_text("".join(good), encoding="utf-8")
 
     def __contains__(self, key) -> bool:
         return key in self.records

@@ -48,6 +48,7 @@ from typing import Sequence
 from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image
 from llavakit.conversation.templates import USER, Message
 from llavakit.errors import DataError, LlavakitError
+from llavakit.io import read_jsonl_log
 from llavakit.serve.batch import GenParams, Row, generate_rows
 from llavakit.serve.prompts import DEFAULT, PromptEncoder
 
@@ -97,27 +98,13 @@ def _key(question_id) -> str:
 
 
 def answered_ids(out_path: Path) -> set[str]:
-    """Ids already answered in ``out_path``; a torn (unparsable, unterminated) last line is cut off."""
-    if not out_path.exists():
-        return set()
-    data = out_path.read_bytes()
-    lines = data.split(b"\n")
+    """Ids already answered in ``out_path``; a torn last line is cut off (:func:`llavakit.io.read_jsonl_log`)."""
     done: set[str] = set()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            done.add(_key(json.loads(line)["question_id"]))
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-            if n == len(lines):  # the last line, no newline after it: a run killed mid-write
-                with open(out_path, "r+b") as fh:
-                    fh.truncate(len(data) - len(line))
-                break
-            raise DataError(f"{out_path}:{n}: not an answer record; fix or remove the file to start over") from None
-    else:
-        if data and not data.endswith(b"\n"):
-            with open(out_path, "ab") as fh:
-                fh.write(b"\n")
+    for n, record in read_jsonl_log(out_path, "answers", repair=True)[0]:
+        if "question_id" not in record:
+            raise DataError(f"{out_path}:{n}: not an answer record (no question_id); fix or remove the "
+                            "file to start over")
+        done.add(_key(record["question_id"]))
     return done
 
 

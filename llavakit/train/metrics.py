@@ -10,19 +10,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+from llavakit.io import read_jsonl_log
+
 
 def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a kill: everything after it is redone
-                break
-    return rows
+    """The rows of ``metrics.jsonl``; a line cut by a kill is left out (its step is redone)."""
+    return [row for _, row in read_jsonl_log(path, "metrics")[0]]
 
 
 class MetricsLog:
