@@ -44,11 +44,12 @@ def main() -> None:
     from llavakit.conversation.templates import Message
     from llavakit.model import load_model
     from llavakit.model.lm import convert_gguf, embedded_dir
+    from llavakit.serve.batch import Row, collate
 
     model = load_model("nano")
     bare = AutoModelForCausalLM.from_pretrained(str(convert_gguf(*embedded_dir("SmolLM2-135M-Instruct"))), dtype=torch.float32).eval()
     msgs = [Message("user", "Write a long story about a lighthouse keeper and a storm.")]
-    batch = model.prepare([msgs])
+    batch = collate([Row(model.processor.encode_prompt(msgs))], model.tokenizer.pad_token_id)
     ids = batch["input_ids"]
     common = dict(max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
 
@@ -75,7 +76,8 @@ def main() -> None:
             model.encode_images(model.preprocess([cat]))
         encode_ms.append((time.perf_counter() - start) * 1e3)
         start = time.perf_counter()
-        img_batch = model.prepare([[Message("user", "<image>\nWhat is in the picture?")]], [[cat]])
+        img_batch = collate([Row(model.processor.encode_prompt([Message("user", "<image>\nWhat is in the picture?")]),
+                                 model.preprocess([cat]))], model.tokenizer.pad_token_id)
         model.generate(**img_batch, max_new_tokens=1)
         ttft_ms.append((time.perf_counter() - start) * 1e3)
 

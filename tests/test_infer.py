@@ -11,6 +11,7 @@ from llavakit.cli import main
 from llavakit.conversation.templates import Message
 from llavakit.errors import DataError, LlavakitError
 from llavakit.serve.infer import answered_ids, read_questions, run_inference, shard
+from reference_generation import answer
 
 KEYS = {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
 
@@ -47,9 +48,9 @@ def test_batched_answers_equal_one_at_a_time_in_question_order(tiny_model, qset,
     assert all(set(r) == KEYS and r["model_id"] == "tiny" for r in b)
     assert b[0]["prompt"] == questions[0]["text"] and b[0]["metadata"]["completion_tokens"] <= 6
     img = Image.open(folder / "1.png").convert("RGB")
-    direct = tiny_model.answer([Message("user", "<image>\nWhat colour is picture 1?")], [img], max_new_tokens=6)
+    direct = answer(tiny_model, [Message("user", "<image>\nWhat colour is picture 1?")], [img], max_new_tokens=6)
     assert b[1]["text"] == direct.strip()
-    assert b[4]["text"] == tiny_model.answer([Message("user", "A question without an image")], max_new_tokens=6).strip()
+    assert b[4]["text"] == answer(tiny_model, [Message("user", "A question without an image")], max_new_tokens=6).strip()
 
 
 def test_resume_skips_answered_ids_and_drops_a_torn_last_line(tiny_model, qset, tmp_path):
@@ -84,7 +85,7 @@ def test_image_override_replaces_every_image(tiny_model, qset, tmp_path):
     blank = Image.new("RGB", (32, 32), (128, 128, 128))
     out = run_inference(tiny_model, questions[:2], None, tmp_path / "blind.jsonl", max_new_tokens=5,
                         image_override=blank, progress=False)  # no folder needed: images never read
-    direct = tiny_model.answer([Message("user", "<image>\nWhat colour is picture 0?")], [blank], max_new_tokens=5)
+    direct = answer(tiny_model, [Message("user", "<image>\nWhat colour is picture 0?")], [blank], max_new_tokens=5)
     assert read(out)[0]["text"] == direct.strip()
 
 

@@ -10,10 +10,11 @@ from llavakit.conversation.templates import Message
 from llavakit.errors import LlavakitError
 from llavakit.interop.hf_llava import export_hf_llava, to_hf_llava
 from llavakit.model import build_model, get_preset
+from reference_generation import prepare
 
 
 def _inputs(model):
-    batch = model.prepare([[Message("user", "<image>\nWhat colour is the square?")]], [[Image.new("RGB", (32, 32), (255, 0, 0))]])
+    batch = prepare(model, [[Message("user", "<image>\nWhat colour is the square?")]], [[Image.new("RGB", (32, 32), (255, 0, 0))]])
     return batch
 
 

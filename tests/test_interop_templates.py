@@ -11,6 +11,7 @@ from llavakit.conversation.processor import place_image
 from llavakit.conversation.templates import Message
 from llavakit.interop.hf_llava import export_hf_llava
 from llavakit.model import build_model, get_preset
+from reference_generation import prepare
 
 IMAGE = Image.new("RGB", (40, 30), (200, 40, 40))
 
@@ -76,7 +77,7 @@ def test_the_exported_model_answers_from_apply_chat_template_as_llavakit_does(tm
     model, processor = _export(tmp_path, "chat_template")
     hf = LlavaForConditionalGeneration.from_pretrained(tmp_path / "hf").eval()
     inputs = _theirs(processor, TEXT_THEN_IMAGE)
-    batch = model.prepare([[Message("user", "<image>\nWhat colour is the square?")]], [[IMAGE]])
+    batch = prepare(model, [[Message("user", "<image>\nWhat colour is the square?")]], [[IMAGE]])
     ours = model.generate(**batch, max_new_tokens=6)
     with torch.no_grad():
         theirs = hf.generate(**inputs, max_new_tokens=6, do_sample=False)

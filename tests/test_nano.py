@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from llavakit.conversation.templates import Message
+from reference_generation import answer, prepare
 
 pytestmark = pytest.mark.integration
 
 
 def test_nano_loads_offline_and_knows_paris(nano_model):
-    reply = nano_model.answer([Message("user", "What is the capital of France?")], max_new_tokens=24)
+    reply = answer(nano_model, [Message("user", "What is the capital of France?")], max_new_tokens=24)
     assert "Paris" in reply
 
 
@@ -20,9 +21,9 @@ def test_nano_batched_generation_equals_one_by_one(nano_model):
         [Message("user", "What is the capital of France?")],
         [Message("user", "Name a colour of the sky on a clear day, in one word.")],
     ]
-    batch = nano_model.prepare(convs)
+    batch = prepare(nano_model, convs)
     new = nano_model.generate(**batch, max_new_tokens=16)
-    assert [nano_model.decode(r) for r in new] == [nano_model.answer(c, max_new_tokens=16) for c in convs]
+    assert [nano_model.decode(r) for r in new] == [answer(nano_model, c, max_new_tokens=16) for c in convs]
 
 
 def test_nano_parts(nano_model):

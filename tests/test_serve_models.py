@@ -11,6 +11,7 @@ from llavakit.errors import LlavakitError
 from llavakit.serve.api import ServeConfig, create_app
 from llavakit.serve.cli import BackgroundServer
 from llavakit.serve.models import TextModel, accepts_images, load_servable, model_name
+from reference_generation import answer
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def test_a_plain_transformers_dir_serves_as_a_text_llm(tiny_model, lm_dir):
     assert isinstance(text_model, TextModel) and not accepts_images(text_model)
     question = [Message("user", "What is two plus two?")]
     # the same LM and template as the LLaVA model answering without an image: the same answer
-    assert text_model.answer(question, max_new_tokens=12) == tiny_model.answer(question, max_new_tokens=12)
+    assert answer(text_model, question, max_new_tokens=12) == answer(tiny_model, question, max_new_tokens=12)
     with pytest.raises(LlavakitError, match="cannot take images"):
         text_model.preprocess([])
 
@@ -61,7 +62,7 @@ def test_text_llm_server_answers_text_and_refuses_images(lm_dir):
         resp = client.chat.completions.create(
             model="judge", messages=[{"role": "system", "content": "You are a judge."},
                                      {"role": "user", "content": "Score this answer."}], max_tokens=6, temperature=0)
-        want = text_model.answer([Message("system", "You are a judge."), Message("user", "Score this answer.")],
+        want = answer(text_model, [Message("system", "You are a judge."), Message("user", "Score this answer.")],
                                  max_new_tokens=6)
         assert resp.choices[0].message.content == want
         assert httpx.get(srv.url + "/health").json()["vision"] is False
@@ -77,5 +78,5 @@ def test_the_embedded_gguf_file_serves_as_a_text_llm():
     folder, gguf = embedded_dir("SmolLM2-135M-Instruct")
     model = load_servable(str(folder / gguf), text_only=True)
     assert model.name == EMBEDDED["SmolLM2-135M-Instruct"].gguf_file
-    answer = model.answer([Message("user", "What is the capital of France?")], max_new_tokens=12)
-    assert "Paris" in answer
+    reply = answer(model, [Message("user", "What is the capital of France?")], max_new_tokens=12)
+    assert "Paris" in reply

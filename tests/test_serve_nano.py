@@ -16,6 +16,7 @@ from llavakit.serve.batch import GenParams
 from llavakit.serve.chat import ChatSession
 from llavakit.serve.cli import BackgroundServer
 from llavakit.serve.infer import run_inference
+from reference_generation import answer
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,6 @@ def test_nano_infer_and_chat(nano_model, tmp_path):
     assert [a["question_id"] for a in answers] == [1, 2] and "Paris" in answers[1]["text"]
     chat = ChatSession(nano_model, GenParams(max_new_tokens=16, temperature=0.0))
     assert "Paris" in chat.ask("What is the capital of France?")
-    assert chat.ask("And of Germany?") == nano_model.answer(
+    assert chat.ask("And of Germany?") == answer(nano_model, 
         [Message("user", "What is the capital of France?"), Message("assistant", chat.turns[1].content),
          Message("user", "And of Germany?")], max_new_tokens=16)

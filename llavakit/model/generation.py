@@ -1,5 +1,7 @@
-"""Generation shared by every llavakit model (LLaVA or text-only): transformers' generate from
-``inputs_embeds`` with a KV cache, left-padded batches, stop strings, streaming.
+"""Generation primitives shared by every llavakit model (LLaVA or text-only): transformers'
+generate from ``inputs_embeds`` with a KV cache, stop strings, decoding. Requests become batches,
+streams and replies in one place: :func:`llavakit.serve.batch.generate_rows` (chat, infer, serve
+and eval all go through it).
 
 A class using :class:`GenerationMixin` provides ``language_model``, ``tokenizer``, ``processor``,
 ``embed(input_ids, pixel_values, image_features)`` and ``preprocess(images)``.
@@ -7,8 +9,7 @@ A class using :class:`GenerationMixin` provides ``language_model``, ``tokenizer`
 
 from __future__ import annotations
 
-import threading
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
@@ -80,66 +81,3 @@ class GenerationMixin:
             if idx != -1:
                 cut = min(cut, idx)
         return text[:cut]
-
-    # --- conveniences for chat / serving ------------------------------------------------------
-
-    def prepare(self, conversations: Sequence[Sequence], images: Sequence[Sequence] = ()) -> dict:
-        """Prompts (lists of :class:`Message`) + their images → a left-padded generation batch."""
-        prompts = [self.processor.encode_prompt(msgs) for msgs in conversations]
-        width = max(len(p) for p in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-        flat = [img for per_sample in images for img in per_sample]
-        pixels = self.preprocess(flat) if flat else None
-        return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
-
-    def answer(self, messages: Sequence, images: Sequence = (), **gen) -> str:
-        """One reply to a conversation ending with a user turn."""
-        batch = self.prepare([messages], [list(images)])
-        new = self.generate(**batch, **gen)
-        return self.decode(new[0], gen.get("stop"))
-
-    def stream(self, messages: Sequence, images: Sequence = (), **gen) -> Iterator[str]:
-        """Yield text pieces of one reply as they are generated (stop strings cut off)."""
-        from transformers import TextIteratorStreamer
-
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=False, skip_special_tokens=False)
-        batch = self.prepare([messages], [list(images)])
-        errors: list[BaseException] = []
-
-        def work():
-            try:
-                self.generate(**batch, streamer=streamer, **gen)
-            except BaseException as exc:  # re-raised in the caller's thread below
-                errors.append(exc)
-                streamer.end()
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        stops = self.stop_strings(gen.get("stop")) + [t for t in [self.tokenizer.eos_token] if t]
-        yield from cut_stream(streamer, stops)
-        thread.join()
-        if errors:
-            raise errors[0]
-
-
-def cut_stream(pieces, stops: Sequence[str]) -> Iterator[str]:
-    """Pass text pieces through, holding back what might be the start of a stop string."""
-    held = ""
-    hold = max((len(s) for s in stops), default=1) - 1
-    for piece in pieces:
-        held += piece
-        hits = [held.find(s) for s in stops if s in held]
-        if hits:
-            if min(hits):
-                yield held[: min(hits)]
-            for _ in pieces:  # drain so the producer thread can finish
-                pass
-            return
-        if len(held) > hold:
-            cut = len(held) - hold
-            yield held[:cut]
-            held = held[cut:]
-    if held:
-        yield held
