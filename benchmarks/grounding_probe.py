@@ -84,35 +84,20 @@ def annotated_objects(cfg, scenes: Path) -> dict[str, list[tuple[str, ...]]]:
 
 def cells_to_objects(keys: list[tuple[str, ...]], grid: int, background: tuple[str, ...],
                      size_cells: dict[str, float]) -> list[tuple[str, ...]]:
-    """Per-cell snapped keys → objects: 4-connected non-background cells form one object named by
-    its majority key, placed by its centroid's thirds and sized by its cell count (nearest of
-    ``size_cells``, the typical count per size word, in log space)."""
+    """Per-cell snapped keys → objects as ``projector.objects`` groups them (majority key, centroid
+    thirds, size by cell count nearest in log space), as word tuples."""
     import math
-    seen, objs = set(), []
-    for start in range(grid * grid):
-        if start in seen or keys[start] == background:
-            continue
-        stack, comp = [start], []
-        seen.add(start)
-        while stack:
-            i = stack.pop()
-            comp.append(i)
-            r, c = divmod(i, grid)
-            for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-                j = rr * grid + cc
-                if 0 <= rr < grid and 0 <= cc < grid and j not in seen and keys[j] != background:
-                    seen.add(j)
-                    stack.append(j)
-        votes: dict = {}
-        for i in comp:
-            votes[keys[i]] = votes.get(keys[i], 0) + 1
-        key = max(votes, key=lambda k: (votes[k], k))
-        cy = (sum(i // grid for i in comp) / len(comp) + 0.5) / grid
-        cx = (sum(i % grid for i in comp) / len(comp) + 0.5) / grid
-        size = min(size_cells, key=lambda s: abs(math.log(len(comp)) - math.log(size_cells[s])))
-        objs.append((round(cy * 3), cx, (size, *key, third(cy, ("top", "middle", "bottom")),
-                                         third(cx, ("left", "center", "right")))))
-    return [words for *_, words in sorted(objs)]
+
+    from llavakit.model.objects import group_cells, third
+
+    order = sorted(set(keys) | {background})
+    out = []
+    for key, cells in group_cells([order.index(k) for k in keys], grid, order.index(background)):
+        row = (sum(i // grid for i in cells) / len(cells) + 0.5) / grid
+        col = (sum(i % grid for i in cells) / len(cells) + 0.5) / grid
+        size = min(size_cells, key=lambda s: abs(math.log(len(cells)) - math.log(size_cells[s])))
+        out.append((size, *order[key], ("top", "middle", "bottom")[third(row)], ("left", "center", "right")[third(col)]))
+    return out
 
 
 def size_cell_counts(cfg, scenes: Path, grid: int, mode: str, size: int) -> dict[str, float]:
