@@ -216,3 +216,12 @@ def test_objects_projector_gets_its_word_tables_from_align_and_keeps_them(scenes
         assert torch.equal(getattr(again, name), getattr(model.projector, name)), name
     unsized = run_alignment(_cfg(scenes, tmp_path, model=str(base), size_field="", output_dir=str(tmp_path / "a2")))
     assert unsized["object_size_cells"] == {}
+
+
+def test_an_object_between_cell_centres_names_the_nearest_cell():
+    image = {"id": 0, "width": 100, "height": 100}  # 2x2 grid: centres at 25 and 75
+    small = {"category_id": 1, "bbox": [30, 30, 10, 10], "color": "red"}  # holds no centre; nearest is (25, 25)
+    assert cell_words(image, [small], NAMES, AlignConfig(), 2, "pad", 224) == [
+        ("red", "circle"), ("background",), ("background",), ("background",)]
+    big = {"category_id": 2, "bbox": [0, 0, 50, 50], "color": "blue"}  # holds (25, 25): the small one yields
+    assert cell_words(image, [small, big], NAMES, AlignConfig(), 2, "pad", 224)[0] == ("blue", "square")

@@ -116,7 +116,9 @@ def _inside(point: tuple[float, float], bbox) -> bool:
 
 def cell_words(image: dict, anns: list[dict], names: dict[int, str], cfg: AlignConfig, grid: int, mode: str,
                size: int) -> list[tuple[str, ...]]:
-    """The words each cell names: the front object's fields (``cfg.words``) or ``(background,)``."""
+    """The words each cell names: the front object's fields (``cfg.words``) or ``(background,)``. An
+    object whose box holds no cell centre names the background cell nearest its box centre, so a
+    small object is not lost between the grid's centres."""
     centres = cell_centres(int(image["width"]), int(image["height"]), grid, mode, size)
     objects = []
     for a in anns:
@@ -129,6 +131,12 @@ def cell_words(image: dict, anns: list[dict], names: dict[int, str], cfg: AlignC
         hit = next((words for _, bbox, words in objects if _inside(p, bbox)), None)
         if hit:
             cells[i] = hit
+    for _, (x, y, w, h), words in objects:  # smaller than a cell: the cell nearest its centre names it
+        if not any(_inside(p, (x, y, w, h)) for p in centres):
+            cx, cy = x + w / 2, y + h / 2
+            i = min(range(len(centres)), key=lambda j: (centres[j][0] - cx) ** 2 + (centres[j][1] - cy) ** 2)
+            if cells[i] == (cfg.background,):
+                cells[i] = words
     return cells
 
 
