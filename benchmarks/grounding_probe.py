@@ -181,7 +181,7 @@ def snapped(projector: str, scenes: Path, keys: list, table: torch.Tensor, cells
 def said_objects(model, names: list[str], folder: Path) -> dict[str, list[tuple[str, ...]]]:
     """file name → the objects a ``projector.objects`` model says for the image (its word tokens read
     back: each object's words up to its comma)."""
-    from llavakit.data.images import load_image
+    from llavakit.imaging import load_image
 
     proj = model.projector
     emb = model.language_model.get_input_embeddings().weight.detach().float()
