@@ -101,8 +101,8 @@ class SnapToObjects(SnapToWords):
         if grid * grid != n:
             raise ConfigError(f"projector.objects needs a square grid of cells, got {n} tokens")
         background, comma, *place = self.special.tolist()
-        background_key = int((self.key_words[:, 0] == background).nonzero()[0]) if (
-            self.key_words[:, 0] == background).any() else -1
+        is_background = (self.key_words[:, 0] == background).nonzero()
+        background_key = int(is_background[0]) if len(is_background) else -1  # -1: every cell is an object
         key_words = [[w for w in row if w >= 0] for row in self.key_words.tolist()]
         out = []
         for row in keys.tolist():
