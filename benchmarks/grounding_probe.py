@@ -207,10 +207,12 @@ def said_objects(model, names: list[str], folder: Path) -> dict[str, list[tuple[
     return out
 
 
-def connector_report(run: Path, model_dir: str) -> int:
+def connector_report(run: Path, model_dir: str, projector: str | None = None) -> int:
     """How well a ``projector.objects`` model says the held-out scenes: scenes said exactly, object
-    count right, and per field the share right among objects matched by (colour, shape)."""
-    model = load_model(model_dir)
+    count right, and per field the share right among objects matched by (colour, shape). With
+    ``projector`` (an align artifact) the model's projector is replaced: align arms are screened
+    without a stage 2."""
+    model = load_model(model_dir, projector=projector)
     if not model.config.projector.objects:
         raise SystemExit(f"{model_dir}: not a projector.objects model")
     cfg = build_align_config({}, [])
@@ -243,9 +245,11 @@ def main() -> int:
         ap = argparse.ArgumentParser(description="how a projector.objects model says the held-out scenes")
         ap.add_argument("arm")
         ap.add_argument("--run", required=True)
-        ap.add_argument("--model", required=True, help="a projector.objects checkpoint (e.g. RUN/stage2/model)")
+        ap.add_argument("--model", required=True, help="a projector.objects checkpoint (e.g. RUN/stage2/model) "
+                                                       "or preset (nano-objects, with --projector)")
+        ap.add_argument("--projector", help="an align artifact to say the scenes with (e.g. RUN/align/projector)")
         args = ap.parse_args()
-        return connector_report(Path(args.run), args.model)
+        return connector_report(Path(args.run), args.model, args.projector)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("arm", choices=["oracle"])
     ap.add_argument("--run", required=True, help="a finished quickstart run dir (scenes + data)")
