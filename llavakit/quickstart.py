@@ -206,13 +206,13 @@ class Quickstart:
             overrides=[*base, f"data.path={data}", f"data.image_folder={self.paths['train'] / 'images'}",
                        "checkpoint.every=25", "checkpoint.keep_last=1", f"progress={self.progress}", *overrides],
         )
-        from llavakit.train import state as train_state
+        from llavakit.train import checkpoints as train_checkpoints
         from llavakit.train.precision import cpu_has_bf16
 
         if self.budget.cpu_bf16 and cpu_has_bf16():
             cfg.mixed_precision = "bf16"
 
-        resume = train_state.latest_checkpoint(out) is not None
+        resume = train_checkpoints.latest_checkpoint(out) is not None
         return run(cfg, resume=resume).to_dict()
 
     def align(self) -> dict:

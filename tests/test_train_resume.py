@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from test_train_support import write_instructions
 
 from llavakit.model import load_model, save_projector
-from llavakit.train.state import checkpoint_dirs
+from llavakit.train.checkpoints import checkpoint_dirs
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
 

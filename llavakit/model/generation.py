@@ -3,7 +3,7 @@ generate from ``inputs_embeds`` with a KV cache, stop strings, decoding. Request
 streams and replies in one place: :func:`llavakit.serve.batch.generate_rows` (chat, infer, serve
 and eval all go through it).
 
-A class using :class:`GenerationMixin` provides ``language_model``, ``tokenizer``, ``processor``,
+A class using :class:`EmbedsGeneration` provides ``language_model``, ``tokenizer``, ``processor``,
 ``embed(input_ids, pixel_values, image_features)`` and ``preprocess(images)``.
 """
 
@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 
 
-class GenerationMixin:
+class EmbedsGeneration:
     @property
     def device(self) -> torch.device:
         return self.language_model.get_input_embeddings().weight.device

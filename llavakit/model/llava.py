@@ -17,7 +17,7 @@ from llavakit.conversation.processor import IGNORE_INDEX, Processor, add_image_t
 from llavakit.conversation.templates import resolve_template
 from llavakit.errors import LlavakitError
 from llavakit.model.config import LlavaConfig
-from llavakit.model.generation import GenerationMixin
+from llavakit.model.generation import EmbedsGeneration
 from llavakit.model.objects import SnapToObjects
 from llavakit.model.projector import SnapToWords, build_projector
 
@@ -33,7 +33,7 @@ class LlavaOutput:
     logits: torch.Tensor | None = None  # only with return_logits=True (tests, scoring)
 
 
-class LlavaModel(GenerationMixin, nn.Module):
+class LlavaModel(EmbedsGeneration, nn.Module):
     checkpoint_dir = None  # set by from_pretrained: the directory this model was loaded from
 
     def __init__(self, config: LlavaConfig, vision_tower, language_model, tokenizer, projector: nn.Module | None = None):

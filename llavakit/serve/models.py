@@ -21,11 +21,11 @@ from llavakit.conversation.processor import Processor
 from llavakit.errors import ConfigError, LlavakitError
 from llavakit.model.checkpoint import load_model
 from llavakit.model.config import LMConfig
-from llavakit.model.generation import GenerationMixin
+from llavakit.model.generation import EmbedsGeneration
 from llavakit.model.presets import PRESETS
 
 
-class TextModel(GenerationMixin, nn.Module):
+class TextModel(EmbedsGeneration, nn.Module):
     """A causal LM + tokenizer + conversation template, generating like a LlavaModel without images."""
 
     num_image_tokens = 1  # the processor needs >= 1; an image placeholder is refused in embed()

@@ -22,7 +22,7 @@ import torch
 from llavakit.progress import bar as progress_bar
 
 from llavakit.conversation.processor import IGNORE_INDEX
-from llavakit.train import state as ckpt
+from llavakit.train import checkpoints
 from llavakit.train.config import BatchPlan, TrainConfig
 from llavakit.train.metrics import MetricsLog
 
@@ -129,7 +129,7 @@ class Loop:
     def lrs(self) -> dict:
         return {f"lr_{g.get('name', i)}": g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
 
-    def run(self, data, position: ckpt.Position, steps: int, output_dir: Path, log: MetricsLog, desc: str) -> ckpt.Position:
+    def run(self, data, position: checkpoints.Position, steps: int, output_dir: Path, log: MetricsLog, desc: str) -> checkpoints.Position:
         """Train until ``steps`` optimizer steps; checkpoint every ``checkpoint.every`` and at the end."""
         acc, cfg = self.acc, self.cfg
         bar = progress_bar(total=steps, initial=position.step, desc=desc, unit="step",
@@ -178,12 +178,12 @@ class Loop:
                 position.epoch += 1
                 position.batch_in_epoch = 0
         bar.close()
-        if last_saved != position.step or not ckpt.latest_checkpoint(output_dir):
+        if last_saved != position.step or not checkpoints.latest_checkpoint(output_dir):
             self.save(output_dir, position)
         return position
 
-    def save(self, output_dir: Path, position: ckpt.Position) -> Path:
+    def save(self, output_dir: Path, position: checkpoints.Position) -> Path:
         state = self.trainable_state()
-        return ckpt.save_checkpoint(
+        return checkpoints.save_checkpoint(
             output_dir, position, state, self.optimizer, self.scheduler, self.acc, self.cfg.checkpoint.keep_last
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from llavakit.config import to_dict
 from llavakit.errors import ConfigError, LlavakitError
-from llavakit.train import state as ckpt
+from llavakit.train import checkpoints
 from llavakit.train.config import TrainConfig
 
 # changing these between a run and its resume does not change the result (max_steps / epochs would:
@@ -18,7 +18,7 @@ RESUME_FREE = {"checkpoint", "log_every", "attention", "tensorboard", "data.num_
 
 
 def check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
-    latest = ckpt.latest_checkpoint(out)
+    latest = checkpoints.latest_checkpoint(out)
     if latest is None:
         return None
     if not resume:
@@ -26,7 +26,7 @@ def check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
             f"{out} already holds checkpoints (latest {latest.name}): pass --resume to continue that run, "
             "or choose another output_dir"
         )
-    good = ckpt.latest_good_checkpoint(out, say=lambda text: print(f"llavakit train: {text}", file=sys.stderr))
+    good = checkpoints.latest_good_checkpoint(out, say=lambda text: print(f"llavakit train: {text}", file=sys.stderr))
     if good is None:
         raise LlavakitError(f"--resume: no checkpoint in {out / 'checkpoints'} can be read; start a new output_dir")
     latest = good
@@ -57,7 +57,7 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
     return keys
 
 
-def check_world(accelerator, position: ckpt.Position) -> None:
+def check_world(accelerator, position: checkpoints.Position) -> None:
     if position.world_size != accelerator.num_processes:
         raise ConfigError(
             f"--resume: the checkpoint was written by {position.world_size} process(es); resume it with the same "

@@ -23,7 +23,7 @@ import torch
 from llavakit.config import to_dict
 from llavakit.errors import ConfigError
 from llavakit.io import atomic_write_json
-from llavakit.train import state as ckpt
+from llavakit.train import checkpoints
 from llavakit.train.artifacts import TrainResult, finish, save_artifact, say
 from llavakit.train.config import TrainConfig
 from llavakit.train.freeze import freeze_for_stage, param_groups, trainable_names
@@ -109,7 +109,7 @@ class TrainSession:
         self.accelerator, self.plan = accelerator, plan
         self.out = out = Path(cfg.output_dir)
         if accelerator.is_main_process:
-            ckpt.clean_partial(out)
+            checkpoints.clean_partial(out)
         self.latest = latest = check_resume(cfg, out, resume)
         if resume and latest is None:
             say(accelerator, f"--resume: no checkpoint in {out / 'checkpoints'} yet; starting from the beginning")
@@ -131,11 +131,11 @@ class TrainSession:
         say(accelerator, f"{len(data)} examples, {data.micro_batches_per_epoch} micro-batches per process per "
              f"epoch, {per_epoch} optimizer steps per epoch, {self.steps} in all")
         optimizer, scheduler = _optimizer(model, cfg, self.steps)
-        self.position = ckpt.Position(world_size=accelerator.num_processes, data_fingerprint=data.sampler.fingerprint())
+        self.position = checkpoints.Position(world_size=accelerator.num_processes, data_fingerprint=data.sampler.fingerprint())
         names = trainable_names(model)
         if latest is not None:
-            ckpt.load_trainable(model, latest)
-            saved = ckpt.read_position(latest)
+            checkpoints.load_trainable(model, latest)
+            saved = checkpoints.read_position(latest)
             check_world(accelerator, saved)
             if saved.data_fingerprint != self.position.data_fingerprint:
                 raise ConfigError(f"--resume: the data or batch settings changed since {latest} was written")
@@ -147,7 +147,7 @@ class TrainSession:
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.scheduler = scheduler
         if latest is not None:
-            ckpt.load_training_state(latest, self.optimizer, scheduler, accelerator)
+            checkpoints.load_training_state(latest, self.optimizer, scheduler, accelerator)
         self.unwrapped = accelerator.unwrap_model(self.model)
         self.loop = Loop(cfg, plan, accelerator, self.model, self.optimizer, scheduler,
                          _trainable_state_fn(accelerator, self.model, names),
