@@ -94,6 +94,11 @@ def test_alignment_learns_the_targets_and_writes_a_projector_stage1_loads(scenes
     assert (tmp_path / "align" / "projector" / "projector.safetensors").is_file()
     with pytest.raises(ConfigError, match="other settings"):
         run_alignment(_cfg(scenes, tmp_path, background="nothing"))
+    done = tmp_path / "align" / "align.json"  # a run recorded before a setting existed: its default counts
+    record = json.loads(done.read_text(encoding="utf-8"))
+    del record["config"]["size_field"]
+    done.write_text(json.dumps(record), encoding="utf-8")
+    assert run_alignment(_cfg(scenes, tmp_path))["final_loss"] == result["final_loss"]
 
 
 def test_contrastive_term_asks_each_cell_to_be_nearest_its_own_words():

@@ -223,8 +223,9 @@ def evaluate_cells(projector, features, rows: torch.Tensor, ids: torch.Tensor, t
 
 
 def _settings(config: dict) -> dict:
-    """What makes two runs the same: paths resolved; progress and the cache location do not count."""
-    out = {k: v for k, v in config.items() if k not in ("progress", "feature_cache_dir")}
+    """What makes two runs the same: paths resolved; progress and the cache location do not count; a
+    setting a run recorded before it existed counts as its default."""
+    out = {k: v for k, v in {**to_dict(AlignConfig()), **config}.items() if k not in ("progress", "feature_cache_dir")}
     for key in ("instances", "image_folder", "output_dir"):
         if out.get(key):
             out[key] = str(Path(out[key]).resolve())
