@@ -303,8 +303,11 @@ def test_resume_falls_back_from_a_corrupt_latest_checkpoint_and_says_so(tmp_path
     optimizer.write_bytes(optimizer.read_bytes()[:-200])  # a torn write
     session = TrainSession(cfg, resume=True)
     assert session.latest == steps[0]
-    assert "step-0000002 cannot be read (optimizer-r0.pt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "step-0000002 cannot be read (optimizer-r0.pt" in err and "set step-0000002 aside" in err
+    assert (tmp_path / "out" / "checkpoints" / ".step-0000002.unreadable" / "optimizer-r0.pt").is_file()
     assert session.train().steps == 2
+    assert [p.name for p in sorted((tmp_path / "out" / "checkpoints").glob("step-*"))] == [s.name for s in steps]
     for step in steps:  # nothing readable at all: one clear error
         (step / "trainable.safetensors").write_bytes(b"\x00" * 10)
     with pytest.raises(LlavakitError, match="no checkpoint in .* can be read"):

@@ -83,13 +83,23 @@ def checkpoint_problem(directory: Path) -> str | None:
     return None
 
 
-def latest_good_checkpoint(output_dir: str | Path, say=print) -> Path | None:
-    """The newest checkpoint that :func:`checkpoint_problem` passes; each one skipped is said, with why."""
+def latest_good_checkpoint(output_dir: str | Path, say=print, set_aside: bool = False) -> Path | None:
+    """The newest checkpoint that :func:`checkpoint_problem` passes; each one skipped is said, with why.
+    With ``set_aside``, once a good one is found the unreadable newer ones are renamed to hidden
+    ``.step-N.unreadable`` dirs (kept to inspect): they no longer count among ``keep_last`` nor
+    shadow the checkpoints the resumed run writes."""
+    skipped = []
     for directory in reversed([d for d in checkpoint_dirs(output_dir) if (d / "state.json").is_file()]):
         problem = checkpoint_problem(directory)
         if problem is None:
+            for bad in skipped if set_aside else []:
+                aside = bad.with_name(f".{bad.name}.unreadable")
+                shutil.rmtree(aside, ignore_errors=True)
+                bad.rename(aside)
+                say(f"--resume: set {bad.name} aside as {aside.name}")
             return directory
         say(f"--resume: {directory.name} cannot be read ({problem}); trying the one before it")
+        skipped.append(directory)
     return None
 
 

@@ -17,7 +17,7 @@ RESUME_FREE = {"checkpoint", "log_every", "attention", "tensorboard", "data.num_
                "feature_cache.dir", "feature_cache.batch_size", "feature_cache.shard_size"}
 
 
-def check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
+def check_resume(cfg: TrainConfig, out: Path, resume: bool, main_process: bool = True) -> Path | None:
     latest = checkpoints.latest_checkpoint(out)
     if latest is None:
         return None
@@ -26,7 +26,8 @@ def check_resume(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
             f"{out} already holds checkpoints (latest {latest.name}): pass --resume to continue that run, "
             "or choose another output_dir"
         )
-    good = checkpoints.latest_good_checkpoint(out, say=lambda text: print(f"llavakit train: {text}", file=sys.stderr))
+    good = checkpoints.latest_good_checkpoint(out, say=lambda text: print(f"llavakit train: {text}", file=sys.stderr),
+                                              set_aside=main_process)
     if good is None:
         raise LlavakitError(f"--resume: no checkpoint in {out / 'checkpoints'} can be read; start a new output_dir")
     latest = good

@@ -110,7 +110,7 @@ class TrainSession:
         self.out = out = Path(cfg.output_dir)
         if accelerator.is_main_process:
             checkpoints.clean_partial(out)
-        self.latest = latest = check_resume(cfg, out, resume)
+        self.latest = latest = check_resume(cfg, out, resume, accelerator.is_main_process)
         if resume and latest is None:
             say(accelerator, f"--resume: no checkpoint in {out / 'checkpoints'} yet; starting from the beginning")
         say(accelerator, f"stage {cfg.stage}: {plan.describe()}")
