@@ -55,9 +55,13 @@ class LlavaModel(EmbedsGeneration, nn.Module):
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         config.template = resolve_template(config.template, tokenizer)  # checkpoints record the resolved name
-        self.processor = Processor(
-            tokenizer, config.template, self.num_image_tokens, config.image_token, config.system_prompt
-        )
+        self.processor = self.make_processor()
+
+    def make_processor(self, template: str | None = None, system_prompt: str | None = None) -> Processor:
+        """A processor for this model's tokenizer and image tokens, with its template and system prompt
+        unless others are given (stage 1 trains with ``plain``)."""
+        return Processor(self.tokenizer, template or self.config.template, self.num_image_tokens,
+                         self.config.image_token, self.config.system_prompt if system_prompt is None else system_prompt)
 
     # --- pieces -------------------------------------------------------------------------------
 

@@ -105,8 +105,7 @@ def load_processor(spec: str, template: str | None = None, system_prompt: str | 
         model = load_model(spec)
         if template is None and system_prompt is None:
             return model.processor
-        return Processor(model.tokenizer, template or model.config.template, model.num_image_tokens,
-                         model.config.image_token, model.config.system_prompt if system_prompt is None else system_prompt)
+        return model.make_processor(template, system_prompt)
     else:
         raise LlavakitError(f"{spec} is a plain transformers language model, not a LLaVA model")
     tokenizer = load_tokenizer(config.lm, directory)

@@ -37,14 +37,12 @@ from llavakit.train.stages import FRESH_PROJECTOR, get_stage
 
 def _load_model(cfg: TrainConfig, mixed: str, device_type: str = "cpu"):
     """(model, processor, freeze summary, the LM attention it trains with — None: its own)."""
-    from llavakit.conversation.processor import Processor
     from llavakit.model import load_model
 
     stage = get_stage(cfg.stage)
     model = load_model(cfg.model, projector=None if cfg.projector == FRESH_PROJECTOR else cfg.projector)
     template = cfg.template or stage.template or model.config.template
-    processor = Processor(model.tokenizer, template, model.num_image_tokens, model.config.image_token,
-                          model.config.system_prompt)
+    processor = model.make_processor(template)
     if stage.artifact == "model":  # the checkpoint records the template it was tuned with
         model.config.template = template
         model.processor = processor
