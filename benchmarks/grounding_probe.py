@@ -33,7 +33,8 @@ import torch
 from llavakit.conversation.processor import IGNORE_INDEX, place_image, to_messages
 from llavakit.eval import synth
 from llavakit.model import load_model
-from llavakit.train.align import build_align_config, cell_words, read_instances, word_table
+from llavakit.train.align import build_align_config, word_table
+from llavakit.train.align_boxes import cell_words, read_instances
 
 
 def cell_region_words(grid: int) -> list[tuple[str, str]]:
@@ -104,14 +105,14 @@ def size_cell_counts(cfg, scenes: Path, grid: int, mode: str, size: int) -> dict
     """Per size word the median number of grid cells whose centre falls in an object's box."""
     from statistics import median
 
-    from llavakit.train.align import _inside, cell_centres
+    from llavakit.train.align_boxes import cell_centres, inside
     cfg.instances, cfg.image_folder = str(scenes / "instances.json"), str(scenes / "images")
     images, by_image, _ = read_instances(cfg)
     counts: dict[str, list[int]] = {}
     for im in images:
         centres = cell_centres(int(im["width"]), int(im["height"]), grid, mode, size)
         for a in by_image[int(im["id"])]:
-            counts.setdefault(a["size"], []).append(max(1, sum(_inside(p, a["bbox"]) for p in centres)))
+            counts.setdefault(a["size"], []).append(max(1, sum(inside(p, a["bbox"]) for p in centres)))
     return {s: float(median(v)) for s, v in counts.items()}
 
 

@@ -10,15 +10,8 @@ from PIL import Image
 
 from llavakit.cli import main
 from llavakit.errors import ConfigError, DataError
-from llavakit.train.align import (
-    AlignConfig,
-    align_loss,
-    build_align_config,
-    cell_centres,
-    cell_words,
-    run_alignment,
-    word_table,
-)
+from llavakit.train.align import AlignConfig, align_loss, build_align_config, run_alignment, word_table
+from llavakit.train.align_boxes import cell_centres, cell_words
 
 NAMES = {1: "circle", 2: "square"}
 

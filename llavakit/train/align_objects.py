@@ -19,7 +19,7 @@ def _word_vector(word: str, tokenizer, embeddings: torch.Tensor) -> torch.Tensor
 def size_cell_counts(images, by_image, size_field: str, centres_of) -> dict[str, float]:
     """Per size word (the annotations' ``size_field``) the median count of grid cells whose centre
     falls inside an object's box (at least 1). ``centres_of(image)`` gives the cell centres."""
-    from llavakit.train.align import _inside
+    from llavakit.train.align_boxes import inside
 
     counts: dict[str, list[int]] = {}
     for im in images:
@@ -28,7 +28,7 @@ def size_cell_counts(images, by_image, size_field: str, centres_of) -> dict[str,
             word = a.get(size_field)
             if word in (None, ""):
                 continue
-            counts.setdefault(str(word), []).append(max(1, sum(_inside(p, a["bbox"]) for p in centres)))
+            counts.setdefault(str(word), []).append(max(1, sum(inside(p, a["bbox"]) for p in centres)))
     return {word: float(median(v)) for word, v in sorted(counts.items())}
 
 
