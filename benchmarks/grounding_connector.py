@@ -30,13 +30,12 @@ def said_objects(model, names: list[str], folder: Path) -> dict[str, list[tuple[
     emb = model.language_model.get_input_embeddings().weight.detach().float()
     # each row of `words` back to its word: the nearest LM embedding (every word here is one token)
     word_of = [model.tokenizer.decode(int(i)).strip() for i in torch.cdist(proj.words.float(), emb).argmin(-1)]
-    unit = torch.nn.functional.normalize(proj.table.float(), dim=-1)
     out = {}
     with torch.no_grad():
         for k in range(0, len(names), 32):
             chunk = names[k:k + 32]
             feats = model.vision_tower(model.preprocess([load_image(str(folder / n)) for n in chunk]))
-            keys = (torch.nn.functional.normalize(proj.inner(feats.to(model.dtype)).float(), dim=-1) @ unit.T).argmax(-1)
+            _, keys = proj.nearest(feats.to(model.dtype))
             for n, rows in zip(chunk, proj.word_rows(keys)):
                 objs, cur = [], []
                 for w in (word_of[r] for r in rows):

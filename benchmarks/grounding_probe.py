@@ -33,16 +33,14 @@ import torch
 from llavakit.conversation.processor import IGNORE_INDEX, place_image, to_messages
 from llavakit.eval import synth
 from llavakit.model import load_model
+from llavakit.model.objects import HORIZONTAL, VERTICAL, third
 from llavakit.train.align import build_align_config, word_table
 from llavakit.train.align_boxes import cell_words, read_instances
 
 
 def cell_region_words(grid: int) -> list[tuple[str, str]]:
     """Per cell (row-major) its vertical and horizontal third as words: ("top", "left"), ..."""
-    def third(t: float, names: tuple[str, str, str]) -> str:
-        return names[0] if t < 1 / 3 else names[2] if t > 2 / 3 else names[1]
-
-    return [(third((r + 0.5) / grid, ("top", "middle", "bottom")), third((c + 0.5) / grid, ("left", "center", "right")))
+    return [(VERTICAL[third((r + 0.5) / grid)], HORIZONTAL[third((c + 0.5) / grid)])
             for r in range(grid) for c in range(grid)]
 
 
@@ -61,10 +59,6 @@ def oracle_ids(cfg, scenes: Path, grid: int, mode: str, size: int,
     return out
 
 
-def third(t: float, names: tuple[str, str, str]) -> str:
-    return names[0] if t < 1 / 3 else names[2] if t > 2 / 3 else names[1]
-
-
 def annotated_objects(cfg, scenes: Path) -> dict[str, list[tuple[str, ...]]]:
     """file name → per object (reading order of box centres) its words: size, colour, shape, vertical,
     horizontal third — a text rendering of the scene (``--objects``)."""
@@ -78,42 +72,33 @@ def annotated_objects(cfg, scenes: Path) -> dict[str, list[tuple[str, ...]]]:
             x, y, bw, bh = a["bbox"]
             cx, cy = (x + bw / 2) / w, (y + bh / 2) / h
             objs.append((round(cy * 3), cx, (a["size"], a["color"], names[a["category_id"]],
-                                              third(cy, ("top", "middle", "bottom")), third(cx, ("left", "center", "right")))))
+                                              VERTICAL[third(cy)], HORIZONTAL[third(cx)])))
         out[im["file_name"]] = [words for *_, words in sorted(objs)]
     return out
 
 
 def cells_to_objects(keys: list[tuple[str, ...]], grid: int, background: tuple[str, ...],
                      size_cells: dict[str, float]) -> list[tuple[str, ...]]:
-    """Per-cell snapped keys → objects as ``projector.objects`` groups them (majority key, centroid
-    thirds, size by cell count nearest in log space), as word tuples."""
-    import math
-
-    from llavakit.model.objects import group_cells, third
+    """Per-cell snapped keys → objects as ``projector.objects`` groups, places and sizes them, as word tuples."""
+    from llavakit.model.objects import centroid, group_cells, nearest_size
 
     order = sorted(set(keys) | {background})
     out = []
     for key, cells in group_cells([order.index(k) for k in keys], grid, order.index(background)):
-        row = (sum(i // grid for i in cells) / len(cells) + 0.5) / grid
-        col = (sum(i % grid for i in cells) / len(cells) + 0.5) / grid
-        size = min(size_cells, key=lambda s: abs(math.log(len(cells)) - math.log(size_cells[s])))
-        out.append((size, *order[key], ("top", "middle", "bottom")[third(row)], ("left", "center", "right")[third(col)]))
+        row, col = centroid(cells, grid)
+        out.append((nearest_size(len(cells), size_cells), *order[key], VERTICAL[third(row)], HORIZONTAL[third(col)]))
     return out
 
 
 def size_cell_counts(cfg, scenes: Path, grid: int, mode: str, size: int) -> dict[str, float]:
-    """Per size word the median number of grid cells whose centre falls in an object's box."""
-    from statistics import median
+    """Per size word the median number of grid cells whose centre falls in an object's box (as align measures it)."""
+    from llavakit.train.align_boxes import cell_centres
+    from llavakit.train.align_objects import size_cell_counts as measure
 
-    from llavakit.train.align_boxes import cell_centres, inside
     cfg.instances, cfg.image_folder = str(scenes / "instances.json"), str(scenes / "images")
     images, by_image, _ = read_instances(cfg)
-    counts: dict[str, list[int]] = {}
-    for im in images:
-        centres = cell_centres(int(im["width"]), int(im["height"]), grid, mode, size)
-        for a in by_image[int(im["id"])]:
-            counts.setdefault(a["size"], []).append(max(1, sum(inside(p, a["bbox"]) for p in centres)))
-    return {s: float(median(v)) for s, v in counts.items()}
+    return measure(images, by_image, "size",
+                   lambda im: cell_centres(int(im["width"]), int(im["height"]), grid, mode, size))
 
 
 def render_objects(objects: list[tuple[str, ...]], n_tokens: int, tok, background: str) -> list[int]:

@@ -62,14 +62,18 @@ def group_cells(keys: list[int], grid: int, background: int) -> list[tuple[int, 
         for i in cells:
             votes[keys[i]] = votes.get(keys[i], 0) + 1
         groups.append((max(votes, key=lambda k: (votes[k], -k)), sorted(cells)))
+    return sorted(groups, key=lambda group: (third(centroid(group[1], grid)[0]), centroid(group[1], grid)[1]))
 
-    def place(group):
-        cells = group[1]
-        row = (sum(i // grid for i in cells) / len(cells) + 0.5) / grid
-        col = (sum(i % grid for i in cells) / len(cells) + 0.5) / grid
-        return third(row), col
 
-    return sorted(groups, key=place)
+def centroid(cells: list[int], grid: int) -> tuple[float, float]:
+    """(row, column) of the cells' centre as fractions of the grid side."""
+    return ((sum(i // grid for i in cells) / len(cells) + 0.5) / grid,
+            (sum(i % grid for i in cells) / len(cells) + 0.5) / grid)
+
+
+def nearest_size(count: int, typical: dict[str, float]) -> str:
+    """The size word whose typical cell count is nearest ``count`` in log space."""
+    return min(typical, key=lambda word: abs(math.log(count) - math.log(typical[word])))
 
 
 class SnapToObjects(SnapToWords):
@@ -104,33 +108,20 @@ class SnapToObjects(SnapToWords):
         is_background = (self.key_words[:, 0] == background).nonzero()
         background_key = int(is_background[0]) if len(is_background) else -1  # -1: every cell is an object
         key_words = [[w for w in row if w >= 0] for row in self.key_words.tolist()]
+        typical = dict(zip(self.size_words.tolist(), self.size_cells.tolist()))  # size word row → cell count
         out = []
         for row in keys.tolist():
             ids: list[int] = []
             for key, cells in group_cells(row, grid, background_key):
-                words = list(key_words[key])
-                if len(self.size_words):
-                    sizes = (self.size_cells.float().log() - math.log(len(cells))).abs()
-                    words.insert(0, int(self.size_words[int(sizes.argmin())]))
-                r = (sum(i // grid for i in cells) / len(cells) + 0.5) / grid
-                c = (sum(i % grid for i in cells) / len(cells) + 0.5) / grid
-                ids += words + [place[third(r)], place[3 + third(c)], comma]
+                size = [nearest_size(len(cells), typical)] if typical else []
+                r, c = centroid(cells, grid)
+                ids += size + list(key_words[key]) + [place[third(r)], place[3 + third(c)], comma]
             out.append((ids + [background] * self.n_tokens)[:self.n_tokens])
         return out
 
     def forward(self, x):
-        if self.table.shape[0] == 0 or self.words.shape[0] == 0:
+        if self.words.shape[0] == 0:
             raise ConfigError("projector.objects needs its word tables: start from a `llavakit align` projector artifact")
-        with torch.no_grad():
-            out = self.inner(x)
-            unit = torch.nn.functional.normalize(self.table.float(), dim=-1)
-            keys = (torch.nn.functional.normalize(out.float(), dim=-1) @ unit.T).argmax(-1)
-            rows = torch.tensor(self.word_rows(keys), device=self.words.device)
+        out, keys = self.nearest(x)
+        rows = torch.tensor(self.word_rows(keys), device=self.words.device)
         return self.words[rows].to(out.dtype)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("words", "key_words", "size_words", "size_cells", "special"):
-            incoming = state_dict.get(prefix + name)
-            if incoming is not None and incoming.shape != getattr(self, name).shape:
-                setattr(self, name, torch.empty_like(incoming, device=getattr(self, name).device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

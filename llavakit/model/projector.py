@@ -52,17 +52,22 @@ class SnapToWords(nn.Module):
         self.inner = inner
         self.register_buffer("table", torch.zeros(0, out_dim))
 
-    def forward(self, x):
+    @torch.no_grad()
+    def nearest(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the inner projector's output, per token the index of its nearest ``table`` row)."""
         if self.table.shape[0] == 0:
             raise ConfigError("projector.snap needs its word table: start from a `llavakit align` projector artifact")
-        with torch.no_grad():
-            out = self.inner(x)
-            unit = F.normalize(self.table.float(), dim=-1)
-            nearest = (F.normalize(out.float(), dim=-1) @ unit.T).argmax(-1)
+        out = self.inner(x)
+        unit = F.normalize(self.table.float(), dim=-1)
+        return out, (F.normalize(out.float(), dim=-1) @ unit.T).argmax(-1)
+
+    def forward(self, x):
+        out, nearest = self.nearest(x)
         return self.table[nearest].to(out.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        incoming = state_dict.get(prefix + "table")
-        if incoming is not None and incoming.shape != self.table.shape:
-            self.table = torch.empty_like(incoming, device=self.table.device)
+        for name, buffer in list(self._buffers.items()):  # every table takes the size of the one loaded
+            incoming = state_dict.get(prefix + name)
+            if buffer is not None and incoming is not None and incoming.shape != buffer.shape:
+                setattr(self, name, torch.empty_like(incoming, device=buffer.device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
