@@ -176,33 +176,34 @@ class Quickstart:
         ))
         return {"captions": caps, "instruct": stats}
 
-    def _stage1_start(self, from_stage1: bool) -> list[str]:
+    def _stage1_start(self, pretrained: bool) -> list[str]:
         """Stage 1 on the captions with ``plain``, from the alignment when the budget has one."""
         base = ["stage=1", "template=plain"]
         if self.budget.align is not None:
             base.append(f"projector={self.paths['align'] / 'projector'}")
         return base
 
-    def _stage2_start(self, from_stage1: bool) -> list[str]:
+    def _stage2_start(self, pretrained: bool) -> list[str]:
         """Stage 2 from stage 1's projector (or the alignment's when there is no stage 1), or fresh."""
         from llavakit.train.stages import FRESH_PROJECTOR
 
-        projector = self.paths["stage1"] / "projector" if from_stage1 else FRESH_PROJECTOR
-        if from_stage1 and self.budget.stage1 is None:  # no stage 1: stage 2 starts from the alignment
+        projector = self.paths["stage1"] / "projector" if pretrained else FRESH_PROJECTOR
+        if pretrained and self.budget.stage1 is None:  # no stage 1: stage 2 starts from the alignment
             projector = self.paths["align"] / "projector"
         return ["stage=2", f"projector={projector}"]
 
     def train(self, stage: int, overrides: list[str], data: Path | None = None, out: Path | None = None,
-              from_stage1: bool = True) -> dict:
-        """One training run of this budget's model on the training scenes (resumes a checkpoint)."""
+              pretrained: bool = True, model: str | None = None) -> dict:
+        """One training run of this budget's model (or ``model``) on the training scenes (resumes a
+        checkpoint); ``pretrained=False`` starts stage 2 from a fresh projector."""
         from llavakit.train import build_config, run
 
         start, default_data, default_out = {1: (self._stage1_start, "captions", "stage1"),
                                             2: (self._stage2_start, "instruct", "stage2")}[stage]
         data, out = data or self.paths[default_data], out or self.paths[default_out]
-        base = start(from_stage1)
+        base = start(pretrained)
         cfg = build_config(
-            {"model": self.budget.model, "output_dir": str(out)},
+            {"model": model or self.budget.model, "output_dir": str(out)},
             overrides=[*base, f"data.path={data}", f"data.image_folder={self.paths['train'] / 'images'}",
                        "checkpoint.every=25", "checkpoint.keep_last=1", f"progress={self.progress}", *overrides],
         )

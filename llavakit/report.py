@@ -192,7 +192,7 @@ def write_reproduction(rep, results: dict) -> dict:
     """``OUT/reproduction.md`` (one table: a row per ablation) and ``OUT/reproduction.png``."""
     from llavakit.reproduce import ALL_TYPES, ROWS
 
-    claims = {"full": "a, b, c", "no-stage1": "b", "conv": "c", "conv+detail": "c"}
+    claims = {"full": "a, b, c", "stage2-only": "b", "conv": "c", "conv+detail": "c"}
     head = ["claim", "row", "synth acc. (%)", "blind (%)", "POPE F1 (mean of 3)"]
     head += [f"{t} loss / image gain" for t in ALL_TYPES] + ["minutes"]
     rows, numbers = [], {}

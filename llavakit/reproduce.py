@@ -7,7 +7,10 @@ instruction type with the right image and with a mismatched one (:mod:`llavakit.
 
 Rows
 - ``full``       two-stage, vqa + conversation + detail + reasoning (also evaluated blind: claim a),
-- ``no-stage1``  the same data, stage 2 only — no feature alignment (paper Table 8): claim b,
+- ``stage2-only`` the same data, stage 2 only — the projector is not pretrained (no ``align``, no stage 1;
+  paper Table 8): claim b. A model whose tokens are snapped to words cannot start without the
+  alignment's word tables, so this row trains the ablation's ``unaligned_model`` (``nano``: the
+  paper's mlp2x_gelu connector, learning only in stage 2),
 - ``conv``, ``conv+detail``: the instruction mix of paper Table 4 (with ``full`` as "+ reasoning"):
   claim c. Every mix keeps the same short-answer (vqa) half, so accuracy is comparable.
 - ``clip-layer`` (claim d): a tiny *random* CLIP tower with ``feature_layer`` −1 vs −2 — it only
@@ -35,13 +38,13 @@ class Row:
     name: str
     claim: str
     types: tuple[str, ...]  # instruction types mixed with the vqa half
-    stage1: bool = True
+    pretrained: bool = True  # stage 2 starts from the budget's pre-stage (align and/or stage 1), else fresh
     blind: bool = False
 
 
 ROWS = (
     Row("full", "two-stage; vqa + conversation + detail + reasoning", ALL_TYPES, blind=True),
-    Row("no-stage1", "stage 2 only (no alignment pretraining)", ALL_TYPES, stage1=False),
+    Row("stage2-only", "stage 2 only (no alignment pretraining)", ALL_TYPES, pretrained=False),
     Row("conv", "vqa + conversation", ("conversation",)),
     Row("conv+detail", "vqa + conversation + detail", ("conversation", "detail")),
 )
@@ -53,10 +56,21 @@ class Ablation:
     samples: int  # stage-2 training samples per row: half vqa, half the row's instruction types
     stage2: list[str] = field(default_factory=list)
     heldout_images: int = 40  # held-out images whose conversation/detail/reasoning answers are scored
+    unaligned_model: str | None = None  # the model of rows with no pre-stage, when base.model cannot start without one
+
 
 
 ABLATIONS: dict[str, Ablation] = {
     "nano": Ablation(
+        # the quickstart's recipe (align -> snapped objects -> stage 2) with every instruction type in the data;
+        # stage 2 as the quickstart's (90 steps x 4 samples), half of its samples vqa
+        base=replace(BUDGETS["nano"], types="vqa,conversation,detail,reasoning"),
+        samples=360,
+        stage2=BUDGETS["nano"].stage2,
+        heldout_images=30,
+        unaligned_model="nano",
+    ),
+    "paper": Ablation(
         # the paper's recipe as measured in docs/reproduction.md: no align step (claim b compares stage 1
         # against none), 1,000 scenes, stage 1 on 1,000 captions x 1.5 epochs
         base=replace(BUDGETS["nano"], model="nano", types="vqa,conversation,detail,reasoning", per_category=30,
@@ -162,11 +176,12 @@ class Reproduce:
         data.parent.mkdir(parents=True, exist_ok=True)
         data.write_text(json.dumps(mix(records, row, self.ablation.samples)), encoding="utf-8")
         out = self.out / "rows" / row.name / "stage2"
-        train = self.qs.train(2, self.ablation.stage2, data=data, out=out, from_stage1=row.stage1)
+        model = None if row.pretrained else self.ablation.unaligned_model
+        train = self.qs.train(2, self.ablation.stage2, data=data, out=out, pretrained=row.pretrained, model=model)
         result = self.qs.evaluate(out / "model", self.out / "rows" / row.name / "eval", blind=row.blind)
         held = json.loads((self.out / "data" / "heldout_instruct.json").read_text(encoding="utf-8"))
-        model = load_model(str(out / "model"))
-        result["answer_loss"] = answer_loss.evaluate(model, held, self.qs.paths["heldout"] / "images",
+        trained = load_model(str(out / "model"))
+        result["answer_loss"] = answer_loss.evaluate(trained, held, self.qs.paths["heldout"] / "images",
                                                      progress=self.progress)
         result["train"] = {k: train[k] for k in ("steps", "samples", "seconds") if k in train}
         return result
@@ -195,7 +210,8 @@ class Reproduce:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/ablations", help="output directory (default runs/ablations)")
     parser.add_argument("--preset", default="nano", choices=sorted(ABLATIONS),
-                        help="nano: the embedded default (real weights); tiny: a random tiny model, plumbing only")
+                        help="nano: the quickstart's recipe (align, snapped objects); paper: the paper's (stage 1 on "
+                             "captions, mlp2x_gelu); tiny: a random tiny model, plumbing only")
     parser.add_argument("--rows", help="comma-separated subset of rows (default all): "
                         + ", ".join([r.name for r in ROWS] + ["clip-layer"]))
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -87,14 +87,14 @@ def test_reproduce_tiny_rows_table_and_plot(tmp_path, cache_dir):
     rep = Reproduce(out, "tiny", progress=False)
     results = rep.run(say=lambda _: None)
     assert set(results) == {r.name for r in ROWS} | {"clip-layer"}
-    full, fresh = results["full"], results["no-stage1"]
+    full, fresh = results["full"], results["stage2-only"]
     assert set(full["synth"]["conditions"]) == {"image", "blind"}
     assert set(fresh["synth"]["conditions"]) == {"image"}
     for kind in ("conversation", "detail", "reasoning", "all"):
         loss = full["answer_loss"][kind]
         assert loss["tokens"] > 0
         assert loss["image_gain"] == pytest.approx(loss["mismatched_loss"] - loss["loss"])
-    cfg = json.loads((out / "rows" / "no-stage1" / "stage2" / "config.json").read_text(encoding="utf-8"))
+    cfg = json.loads((out / "rows" / "stage2-only" / "stage2" / "config.json").read_text(encoding="utf-8"))
     assert cfg["projector"] == "fresh"
     cfg = json.loads((out / "rows" / "full" / "stage2" / "config.json").read_text(encoding="utf-8"))
     assert cfg["projector"].endswith("projector")
