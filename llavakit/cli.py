@@ -16,8 +16,8 @@ from llavakit.errors import LlavakitError
 
 # verb -> (module, one-line help) or verb -> {sub-verb: (module, help)}
 VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
-    "quickstart": ("llavakit.quickstart", "scenes → data → stage 1 → stage 2 → eval → report, on the embedded default"),
-    "reproduce": ("llavakit.reproduce", "the paper's ablations in miniature on the synthetic world"),
+    "quickstart": ("llavakit.pipelines.quickstart", "scenes → data → stage 1 → stage 2 → eval → report, on the embedded default"),
+    "reproduce": ("llavakit.pipelines.reproduce", "the paper's ablations in miniature on the synthetic world"),
     "info": ("llavakit.model.info", "print a composed model: parameters per part, image tokens, context length"),
     "scenes": ("llavakit.datagen.scenes_cli", "render a synthetic annotated world in COCO format"),
     "datagen": ("llavakit.datagen.cli", "generate LLaVA instruction data from captions + boxes with a teacher LLM"),

@@ -81,7 +81,7 @@ def test_override_example_is_a_real_key():
 
     from llavakit.config import parse_override
     from llavakit.errors import ConfigError
-    from llavakit.train.presets import build_config
+    from llavakit.train.recipes import build_config
 
     with pytest.raises(ConfigError) as info:
         parse_override("oops")

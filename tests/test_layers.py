@@ -16,7 +16,7 @@ LAYERS = [
     {"data", "datagen"},
     {"train", "serve", "interop"},
     {"eval"},
-    {"quickstart", "report", "reproduce"},
+    {"pipelines"},
     {"cli", "__main__"},
 ]
 ROOT = Path(llavakit.__file__).parent

@@ -1,4 +1,4 @@
-"""`llavakit quickstart --preset tiny` and `llavakit reproduce --preset tiny`: the plumbing end to end."""
+"""`llavakit quickstart --budget tiny` and `llavakit reproduce --study tiny`: the plumbing end to end."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 
 from llavakit.cli import main
 from llavakit.errors import ConfigError
-from llavakit.quickstart import STEPS, Quickstart
-from llavakit.reproduce import ROWS, Reproduce, Row, mix
+from llavakit.pipelines.quickstart import STEPS, Quickstart
+from llavakit.pipelines.reproduce import ROWS, Reproduce, Row, mix
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def cache_dir(tmp_path, monkeypatch):
 
 def test_quickstart_tiny_end_to_end_then_resumes(tmp_path, cache_dir, capsys):
     out = tmp_path / "qs"
-    assert main(["quickstart", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
+    assert main(["quickstart", "--budget", "tiny", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr()
     model_dir = out / "stage2" / "model"
     assert f"llavakit chat {model_dir} --image" in printed.out
@@ -50,7 +50,7 @@ def test_quickstart_tiny_end_to_end_then_resumes(tmp_path, cache_dir, capsys):
     assert ev["synth"]["warnings"] == [] and ev["pope"]["warnings"] == []
 
     # a rerun skips every finished step (the report is rewritten) and keeps the results
-    assert main(["quickstart", "--preset", "tiny", "--out", str(out), "--quiet"]) == 0
+    assert main(["quickstart", "--budget", "tiny", "--out", str(out), "--quiet"]) == 0
     err = capsys.readouterr().err
     for step in STEPS[:-1]:
         assert f"{step}: done before" in err
@@ -61,8 +61,21 @@ def test_quickstart_refuses_an_out_dir_of_other_settings(tmp_path):
     (tmp_path / "quickstart.json").write_text(json.dumps({"preset": "nano"}), encoding="utf-8")
     with pytest.raises(ConfigError, match="other settings"):
         Quickstart(tmp_path, "tiny").run(say=lambda _: None)
-    with pytest.raises(ConfigError, match="unknown quickstart preset"):
+    with pytest.raises(ConfigError, match="unknown quickstart budget"):
         Quickstart(tmp_path / "x", "huge")
+
+
+def test_a_run_dir_recorded_before_the_budget_rename_is_still_the_same_run(tmp_path):
+    qs = Quickstart(tmp_path, "tiny")
+    old = dict(qs.steps.signature)
+    old["preset"] = old.pop("budget_name")
+    (tmp_path / "quickstart.json").write_text(json.dumps(old), encoding="utf-8")
+    qs.steps.claim()  # same settings under the old key: accepted, and recorded under the new one
+    assert json.loads((tmp_path / "quickstart.json").read_text(encoding="utf-8"))["budget_name"] == "tiny"
+    old["budget_name"] = old.pop("preset").replace("tiny", "nano")
+    (tmp_path / "quickstart.json").write_text(json.dumps(old), encoding="utf-8")
+    with pytest.raises(ConfigError, match="budget 'nano'"):
+        qs.steps.claim()
 
 
 def _records(kind: str, n: int) -> list[dict]:
@@ -79,7 +92,7 @@ def test_mix_keeps_the_budget_and_the_vqa_half():
         assert len({r["id"] for r in picked}) == 24  # no record twice
     assert mix(records, ROWS[0], 24) == mix(records, ROWS[0], 24)  # seeded
     with pytest.raises(ConfigError, match="needs 12 detail records"):
-        mix(_records("vqa", 30) + _records("detail", 3), Row("d", "", ("detail",)), 24)
+        mix(_records("vqa", 30) + _records("detail", 3), Row("d", "", "c", ("detail",)), 24)
 
 
 def test_reproduce_tiny_rows_table_and_plot(tmp_path, cache_dir):

@@ -180,7 +180,7 @@ def test_snapped_words_projector_aligns_then_emits_only_table_rows(scenes, tmp_p
 
 
 def test_stage1_is_refused_for_a_snapping_model(tmp_path):
-    from llavakit.train.presets import build_config
+    from llavakit.train.recipes import build_config
     from llavakit.train.config import validate
 
     data = tmp_path / "d.json"

@@ -9,9 +9,9 @@ import pytest
 
 from llavakit.cli import main
 from llavakit.errors import ConfigError
-from llavakit.train import build_config, preset_names
+from llavakit.train import build_config, recipe_names
 from llavakit.train.config import TrainConfig, batch_plan, validate
-from llavakit.train.presets import accelerate_configs, load_config_dict
+from llavakit.train.recipes import accelerate_configs, load_config_dict
 
 
 @pytest.fixture
@@ -35,22 +35,22 @@ def test_batch_plan_derives_accumulation_and_rejects_bad_arithmetic():
     assert batch_plan(cfg, world_size=3).global_batch == 96
 
 
-@pytest.mark.parametrize("name", preset_names())
+@pytest.mark.parametrize("name", recipe_names())
 def test_every_shipped_preset_builds_a_typed_config(name):
-    cfg = build_config(preset=name)
+    cfg = build_config(recipe=name)
     assert cfg.stage in (1, 2, "finetune")
     assert cfg.optim.weight_decay == 0.0 and cfg.optim.warmup_ratio == pytest.approx(0.03)
 
 
 def test_paper_presets_hold_the_paper_recipe():
-    s1, s2 = build_config(preset="llava-v1-stage1"), build_config(preset="llava-v1-stage2")
+    s1, s2 = build_config(recipe="llava-v1-stage1"), build_config(recipe="llava-v1-stage2")
     assert (s1.optim.lr, s1.global_batch_size, s1.epochs, s1.template) == (2e-3, 128, 1, "plain")
     assert (s2.optim.lr, s2.global_batch_size, s2.epochs) == (2e-5, 32, 3)
     assert (s1.optim.scheduler, s2.optim.scheduler) == ("cosine", "cosine")
-    lora = build_config(preset="llava-1.5-stage2-lora")  # inherits llava-1.5-stage2
+    lora = build_config(recipe="llava-1.5-stage2-lora")  # inherits llava-1.5-stage2
     assert (lora.tune, lora.lora.r, lora.lora.alpha, lora.optim.lr, lora.optim.projector_lr) == ("lora", 128, 256, 2e-4, 2e-5)
     assert lora.global_batch_size == 128 and lora.model == "llava-1.5-7b"
-    assert build_config(preset="llava-v1-scienceqa").stage == "finetune"
+    assert build_config(recipe="llava-v1-scienceqa").stage == "finetune"
 
 
 def test_yaml_inherits_a_preset_and_overrides_apply_in_order(tmp_path):
@@ -72,14 +72,14 @@ def test_inheritance_loop_and_unknown_keys_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="inheritance loops"):
         load_config_dict(tmp_path / "a.yaml")
     with pytest.raises(ConfigError, match="unknown config key optim.learning_rate"):
-        build_config(preset="nano-stage1", overrides=["optim.learning_rate=1"])
-    with pytest.raises(ConfigError, match="unknown training preset 'nope'"):
-        build_config(preset="nope")
+        build_config(recipe="nano-stage1", overrides=["optim.learning_rate=1"])
+    with pytest.raises(ConfigError, match="unknown training recipe 'nope'"):
+        build_config(recipe="nope")
 
 
 def test_stage_flag_must_agree_with_the_config():
     with pytest.raises(ConfigError, match="--stage 2 contradicts the config's stage: 1"):
-        build_config(preset="nano-stage1", stage="2")
+        build_config(recipe="nano-stage1", stage="2")
     assert build_config({"model": "nano"}, stage="finetune").stage == "finetune"
     with pytest.raises(ConfigError, match="stage is not set"):
         build_config({"model": "nano"})
@@ -113,13 +113,13 @@ def test_validate_names_the_bad_input(tmp_path, data_file):
 
 
 def test_cli_check_validates_and_prints_the_global_batch_without_a_model(tmp_path, data_file, capsys):
-    code = main(["train", "--preset", "tiny-stage1", "--check", f"data.path={data_file}",
+    code = main(["train", "--recipe", "tiny-stage1", "--check", f"data.path={data_file}",
                  f"output_dir={tmp_path / 'o'}", "per_device_batch_size=2", "global_batch_size=8"])
     out = capsys.readouterr().out
     assert code == 0
     assert "global batch 8 = 2 per device x 4 accumulation x 1 process" in out
     assert json.loads(out[: out.rindex("}") + 1])["per_device_batch_size"] == 2
-    code = main(["train", "--preset", "tiny-stage1", "--check", "data.path=/nonexistent.json"])
+    code = main(["train", "--recipe", "tiny-stage1", "--check", "data.path=/nonexistent.json"])
     assert code == 2
     assert "data.path: file /nonexistent.json does not exist" in capsys.readouterr().err
 
@@ -144,7 +144,7 @@ def test_cpu_mixed_precision_rules(tmp_path, data_file, monkeypatch):
 
 
 def test_cli_lists_presets_and_accelerate_configs(capsys):
-    assert main(["train", "--list-presets"]) == 0
+    assert main(["train", "--list-recipes"]) == 0
     out = capsys.readouterr().out
     for name in ("nano-stage1", "nano-stage2", "llava-v1-stage1", "llava-1.5-stage2-lora", "deepspeed-zero3"):
         assert name in out
@@ -208,7 +208,7 @@ def test_heap_trimmer_trims_on_a_linux_cpu_only():
     ("optim.betas=[0.9,.nan]", "optim.betas[1] must be a finite number"),
 ])
 def test_check_refuses_non_finite_and_negative_optimizer_numbers(tmp_path, override, needle):
-    from llavakit.train.presets import build_config
+    from llavakit.train.recipes import build_config
 
     data_file = tmp_path / "d.json"
     data_file.write_text("[]")

@@ -18,7 +18,7 @@ def _session(preset: str, tmp_path, name: str, data, images, **extra) -> TrainSe
                  f"feature_cache.dir={tmp_path / 'features'}", "per_device_batch_size=2", "global_batch_size=2",
                  "max_steps=2", "tensorboard=false", "checkpoint.every=0"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
-    return TrainSession(build_config(preset=preset, overrides=overrides))
+    return TrainSession(build_config(recipe=preset, overrides=overrides))
 
 
 def _parts(model, diff: set[str]) -> set[str]:

@@ -1,12 +1,12 @@
 """Two-stage training on accelerate: stage 1 (projector), stage 2 (projector + LLM / LoRA), finetune.
 
     from llavakit.train import run, build_config
-    result = run(build_config(preset="nano-stage1", overrides=["data.path=caps.json", "data.image_folder=img"]))
+    result = run(build_config(recipe="nano-stage1", overrides=["data.path=caps.json", "data.image_folder=img"]))
     result.artifact, result.final_loss, result.seconds
 """
 
 from llavakit.train.config import TrainConfig, validate
-from llavakit.train.presets import build_config, preset_names
+from llavakit.train.recipes import build_config, recipe_names
 
 
 def run(config, resume: bool = False, overrides=(), stage=None):
@@ -16,4 +16,4 @@ def run(config, resume: bool = False, overrides=(), stage=None):
     return _run(config, resume=resume, overrides=overrides, stage=stage)
 
 
-__all__ = ["TrainConfig", "build_config", "preset_names", "run", "validate"]
+__all__ = ["TrainConfig", "build_config", "recipe_names", "run", "validate"]

@@ -1,7 +1,7 @@
 """Typed training configs and their validation — all before any model is loaded.
 
-A training run is one :class:`TrainConfig`. It comes from a YAML file or a shipped preset (see
-:mod:`llavakit.train.presets`), merged with ``key=value`` overrides, then :func:`validate` checks
+A training run is one :class:`TrainConfig`. It comes from a YAML file or a shipped recipe (see
+:mod:`llavakit.train.recipes`), merged with ``key=value`` overrides, then :func:`validate` checks
 paths, stage consistency and the batch arithmetic (global batch = per-device x accumulation x world
 size) so a mistake is one clear line, not a traceback after a minute of model loading.
 """

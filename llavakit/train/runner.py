@@ -30,7 +30,7 @@ from llavakit.train.freeze import freeze_for_stage, param_groups, trainable_name
 from llavakit.train.metrics import MetricsLog
 from llavakit.train.precision import (attention_kernels, configure_deepspeed, frozen_linears_to_bf16,
                                       make_accelerator, train_attention)
-from llavakit.train.presets import build_config
+from llavakit.train.recipes import build_config
 from llavakit.train.resume import check_resume, check_world
 from llavakit.train.stages import FRESH_PROJECTOR, get_stage
 

@@ -1,4 +1,8 @@
-"""The quickstart report: report.md + loss curves, accuracy bars (image vs blind), an answer grid."""
+"""The pipelines' reports, each a function of paths and result dicts (no pipeline object):
+
+- the quickstart's ``report.md`` + loss curves, accuracy bars (image vs blind), an answer grid;
+- reproduce's ``reproduction.md``: one table row per ablation row + a bar plot.
+"""
 
 from __future__ import annotations
 
@@ -99,31 +103,31 @@ def plot_examples(details: list[dict], questions: dict[str, dict], image_root: P
     return _save(fig, out, 100)
 
 
-def write_report(qs) -> dict:
-    """Write ``OUT/report.md`` and its PNGs from the finished steps of a Quickstart."""
-    out_dir = qs.out / "report"
+def write_report(out: Path, budget_name: str, paths: dict[str, Path], steps: dict[str, dict], model_dir: Path) -> dict:
+    """Write ``out/report.md`` and its PNGs from a quickstart's ``paths`` and finished ``steps``
+    (step name → its recorded result; ``{}`` for one not run)."""
+    out_dir = out / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
-    steps = {name: qs.done(name) or {} for name in ("scenes", "data", "align", "stage1", "stage2", "eval")}
-    ev = steps["eval"]
+    ev = steps.get("eval", {})
     synth, pope = ev.get("synth", {}), ev.get("pope", {})
     figures = {
         "losses": plot_losses({title: path for title, path in (
-            ("stage 1: feature alignment", qs.paths["stage1"] / "metrics.jsonl"),
-            ("stage 2: instruction tuning", qs.paths["stage2"] / "metrics.jsonl"))
+            ("stage 1: feature alignment", paths["stage1"] / "metrics.jsonl"),
+            ("stage 2: instruction tuning", paths["stage2"] / "metrics.jsonl"))
             if path.is_file() or title.startswith("stage 2")}, out_dir / "loss_curves.png"),
         "accuracy": plot_accuracy(synth, out_dir / "accuracy.png") if synth else None,
     }
-    synth_dir = qs.paths["eval"] / "synth"
+    synth_dir = paths["eval"] / "synth"
     questions = {q["question_id"]: q for q in _read_jsonl(synth_dir / "answers_image.questions.jsonl")}
     details = _read_jsonl(synth_dir / "synth_details_image.jsonl")
-    figures["examples"] = plot_examples(details, questions, qs.paths["heldout"], out_dir / "examples.png")
-    example_image = next((str(qs.paths["heldout"] / q["image"]) for q in questions.values()), None)
+    figures["examples"] = plot_examples(details, questions, paths["heldout"], out_dir / "examples.png")
+    example_image = next((str(paths["heldout"] / q["image"]) for q in questions.values()), None)
 
     timing_rows = [[name, f"{(steps[name] or {}).get('_seconds', 0):.0f}", f"{(steps[name] or {}).get('_peak_rss_mib', 0):.0f}"]
                    for name in steps]
     total = sum((steps[n] or {}).get("_seconds", 0) for n in steps)
     timing_rows.append(["total", f"{total:.0f}", f"{max((steps[n] or {}).get('_peak_rss_mib', 0) for n in steps):.0f}"])
-    lines = [f"# llavakit quickstart — preset `{qs.preset}`", ""]
+    lines = [f"# llavakit quickstart — budget `{budget_name}`", ""]
     img_acc = synth.get("conditions", {}).get("image", {}).get("accuracy")
     blind_acc = synth.get("conditions", {}).get("blind", {}).get("accuracy")
     para_acc = synth.get("conditions", {}).get("paraphrased", {}).get("accuracy")
@@ -135,14 +139,14 @@ def write_report(qs) -> dict:
     ) if synth else "evaluation not run"
     lines += [summary, "", "## Time and memory", "",
               md_table(["step", "seconds", "peak RSS (MiB)"], timing_rows), ""]
-    acc = steps["align"].get("cell_accuracy")
+    acc = steps.get("align", {}).get("cell_accuracy")
     if acc:
         lines.append(f"- align: {steps['align'].get('images')} images, final loss {steps['align'].get('final_loss')}, "
                      f"cell accuracy ({steps['align'].get('cell_accuracy_on')}) objects {acc['object_cells']}% / "
                      f"background {acc['background_cells']}%, token norm {steps['align'].get('token_norm')} "
                      f"(target {steps['align'].get('target_norm')})")
     for stage in ("stage1", "stage2"):
-        s = steps[stage]
+        s = steps.get(stage, {})
         if s.get("skipped"):
             lines.append(f"- {stage}: skipped ({s['skipped']})")
         elif s:
@@ -156,15 +160,15 @@ def write_report(qs) -> dict:
                   if (synth_dir / "synth.md").is_file() else "", "",
                   "![accuracy](report/accuracy.png)", ""]
     if pope:
-        pope_md = qs.paths["eval"] / "pope" / "pope.md"
+        pope_md = paths["eval"] / "pope" / "pope.md"
         lines += ["## POPE-style hallucination probe", "",
                   pope_md.read_text(encoding="utf-8").split("\n", 2)[-1].strip() if pope_md.is_file() else "", ""]
     if figures["examples"]:
         lines += ["## Held-out examples", "", "![examples](report/examples.png)", ""]
-    lines += ["## Use the model", "", "```bash", f"llavakit chat {qs.model_dir}" + (f" --image {example_image}" if example_image else ""),
-              f"llavakit serve {qs.model_dir}", "```", ""]
-    (qs.out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-    return {"summary": summary, "report": str(qs.out / "report.md"), "example_image": example_image,
+    lines += ["## Use the model", "", "```bash", f"llavakit chat {model_dir}" + (f" --image {example_image}" if example_image else ""),
+              f"llavakit serve {model_dir}", "```", ""]
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
+    return {"summary": summary, "report": str(out / "report.md"), "example_image": example_image,
             "figures": {k: str(v) for k, v in figures.items() if v}}
 
 
@@ -188,27 +192,25 @@ def _fmt(value, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
-def write_reproduction(rep, results: dict) -> dict:
-    """``OUT/reproduction.md`` (one table: a row per ablation) and ``OUT/reproduction.png``."""
-    from llavakit.reproduce import ALL_TYPES, ROWS
-
-    claims = {"full": "a, b, c", "stage2-only": "b", "conv": "c", "conv+detail": "c"}
+def write_reproduction(out: Path, study_name: str, study, rows, types: tuple[str, ...], results: dict) -> dict:
+    """``out/reproduction.md`` (one table: a line per row of ``rows`` with a result) and
+    ``out/reproduction.png``; ``study`` is the study's settings (samples, stage2, base budget)."""
     head = ["claim", "row", "synth acc. (%)", "blind (%)", "POPE F1 (mean of 3)"]
-    head += [f"{t} loss / image gain" for t in ALL_TYPES] + ["minutes"]
-    rows, numbers = [], {}
-    for row in ROWS:
+    head += [f"{t} loss / image gain" for t in types] + ["minutes"]
+    table, numbers = [], {}
+    for row in rows:
         if row.name not in results:
             continue
         n = numbers[row.name] = _row_numbers(results[row.name])
-        rows.append([claims[row.name], f"`{row.name}`: {row.claim}", _fmt(n["acc"]), _fmt(n["blind"]), _fmt(n["f1"])]
-                    + [f"{_fmt(n['loss'].get(t), 3)} / {_fmt(n['gain'].get(t), 3)}" for t in ALL_TYPES]
-                    + [_fmt((n["seconds"] or 0) / 60)])
-    lines = [f"# llavakit reproduce — preset `{rep.preset}`", "",
-             f"Same budget per row: {rep.ablation.samples} stage-2 samples (half vqa), "
-             f"stage-2 overrides `{' '.join(rep.ablation.stage2)}`; held-out split of "
-             f"{rep.ablation.base.heldout_scenes} scenes. Loss: nats per answer token on held-out "
+        table.append([row.claims, f"`{row.name}`: {row.claim}", _fmt(n["acc"]), _fmt(n["blind"]), _fmt(n["f1"])]
+                     + [f"{_fmt(n['loss'].get(t), 3)} / {_fmt(n['gain'].get(t), 3)}" for t in types]
+                     + [_fmt((n["seconds"] or 0) / 60)])
+    lines = [f"# llavakit reproduce — study `{study_name}` (model `{study.base.model}`)", "",
+             f"Same budget per row: {study.samples} stage-2 samples (half vqa), "
+             f"stage-2 overrides `{' '.join(study.stage2)}`; held-out split of "
+             f"{study.base.heldout_scenes} scenes. Loss: nats per answer token on held-out "
              "template-teacher answers; image gain: loss with a mismatched image minus loss with the "
-             "right one (0 = the image is ignored).", "", md_table(head, rows), ""]
+             "right one (0 = the image is ignored).", "", md_table(head, table), ""]
     clip = results.get("clip-layer")
     if clip:
         lines += ["## (d) ViT feature layer −1 vs −2 (tiny random CLIP: a switch check, no quality claim)", "",
@@ -217,11 +219,11 @@ def write_reproduction(rep, results: dict) -> dict:
                              str(v["steps"])] for k, v in clip.items() if k.startswith("layer")]), "",
                   f"Max |difference| between the two layers' features on the same images: "
                   f"{clip['feature_max_abs_diff']:.4f}.", ""]
-    figure = _plot_rows(numbers, rep.out / "reproduction.png") if numbers else None
+    figure = _plot_rows(numbers, out / "reproduction.png") if numbers else None
     if figure:
         lines += ["![rows](reproduction.png)", ""]
-    (rep.out / "reproduction.md").write_text("\n".join(lines), encoding="utf-8")
-    return {"table": str(rep.out / "reproduction.md"), "figure": str(figure) if figure else None}
+    (out / "reproduction.md").write_text("\n".join(lines), encoding="utf-8")
+    return {"table": str(out / "reproduction.md"), "figure": str(figure) if figure else None}
 
 
 def _plot_rows(numbers: dict, out: Path) -> Path:

@@ -11,15 +11,13 @@ Steps (each resumable; a rerun skips finished steps and continues an interrupted
 5. ``eval``    — ``eval synth`` (+ blind) and ``eval pope`` on the held-out split,
 6. ``report``  — report.md with the tables, loss curves, accuracy bars, an answer grid.
 
-Every step's result is written to ``OUT/steps/<step>.json``; the budget of each preset is one
-:class:`Budget` (a preset name → sizes and training overrides).
+Every step's result is written to ``OUT/steps/<step>.json`` (:class:`~llavakit.pipelines.steps.Steps`);
+how much each step does is a named :class:`Budget` (``--budget nano|tiny``: sizes and training overrides).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from llavakit.errors import ConfigError
+from llavakit.pipelines.steps import Steps
 
 STEPS = ("scenes", "data", "align", "stage1", "stage2", "eval", "report")
 HELDOUT_SEED = 1000  # disjoint from the training seed (0): see llavakit.datagen.scenes
@@ -34,7 +33,7 @@ HELDOUT_SEED = 1000  # disjoint from the training seed (0): see llavakit.datagen
 
 @dataclass
 class Budget:
-    """How much of everything a quickstart preset does."""
+    """How much of everything a quickstart does."""
 
     model: str  # model preset
     train_scenes: int
@@ -98,16 +97,18 @@ class Teacher:
 
 
 class Quickstart:
-    def __init__(self, out: str | Path, preset: str = "nano", teacher: Teacher | None = None, progress: bool = True,
+    def __init__(self, out: str | Path, budget_name: str = "nano", teacher: Teacher | None = None, progress: bool = True,
                  budget: Budget | None = None):
-        if budget is None and preset not in BUDGETS:
-            raise ConfigError(f"unknown quickstart preset {preset!r}; known: {', '.join(BUDGETS)}")
+        """The budget ``BUDGETS[budget_name]``, or ``budget`` recorded under that name."""
+        if budget is None and budget_name not in BUDGETS:
+            raise ConfigError(f"unknown quickstart budget {budget_name!r}; known: {', '.join(BUDGETS)}")
         self.out = Path(out)
-        self.preset = preset
-        self.budget = budget or BUDGETS[preset]
+        self.budget_name = budget_name
+        self.budget = budget or BUDGETS[budget_name]
         self.teacher = teacher or Teacher()
         self.progress = progress
-        self.steps_dir = self.out / "steps"
+        self.steps = Steps(self.out, {"budget_name": budget_name, "budget": asdict(self.budget),
+                                      "teacher": asdict(self.teacher)})
         self.paths = {
             "train": self.out / "scenes" / "train",
             "heldout": self.out / "scenes" / "heldout",
@@ -118,34 +119,6 @@ class Quickstart:
             "stage2": self.out / "stage2",
             "eval": self.out / "eval",
         }
-
-    # --- bookkeeping ------------------------------------------------------------------------
-
-    def _signature(self) -> dict:
-        return {"preset": self.preset, "budget": asdict(self.budget), "teacher": asdict(self.teacher)}
-
-    def _check_out(self) -> None:
-        sig_path = self.out / "quickstart.json"
-        sig = self._signature()
-        if sig_path.is_file():
-            old = json.loads(sig_path.read_text(encoding="utf-8"))
-            if old != sig:
-                raise ConfigError(
-                    f"{self.out} holds a quickstart run with other settings (preset {old.get('preset')!r}); "
-                    "use another --out or delete it"
-                )
-        self.out.mkdir(parents=True, exist_ok=True)
-        sig_path.write_text(json.dumps(sig, indent=2), encoding="utf-8")
-
-    def done(self, step: str) -> dict | None:
-        path = self.steps_dir / f"{step}.json"
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-
-    def _finish(self, step: str, result: dict) -> dict:
-        from llavakit.io import atomic_write_json
-
-        atomic_write_json(self.steps_dir / f"{step}.json", result)
-        return result
 
     # --- steps ------------------------------------------------------------------------------
 
@@ -256,47 +229,25 @@ class Quickstart:
         return {"synth": syn, "pope": pop}
 
     def report(self) -> dict:
-        from llavakit.report import write_report
+        from llavakit.pipelines.report import write_report
 
-        return write_report(self)
+        steps = {name: self.steps.done(name) or {} for name in STEPS if name != "report"}
+        return write_report(self.out, self.budget_name, self.paths, steps, self.model_dir)
 
     # --- driver -----------------------------------------------------------------------------
 
-    def step(self, name: str, fn: Callable[[], dict], say: Callable[[str], None], tag: str = "",
-             redo: bool = False) -> dict:
-        """Run ``fn`` as step ``name`` unless it finished before; record its result, time and memory."""
-        previous = None if redo else self.done(name)
-        if previous is not None:
-            say(f"{tag}{name}: done before ({previous.get('_seconds', 0):.0f} s), skipped")
-            return previous
-        say(f"{tag}{name} ...")
-        start = time.time()
-        result = fn()
-        result["_seconds"] = round(time.time() - start, 1)
-        result["_peak_rss_mib"] = peak_rss_mib()
-        self._finish(name, result)
-        say(f"{tag}{name}: {result['_seconds']:.0f} s")
-        return result
-
     def run(self, say: Callable[[str], None] = print) -> dict:
-        self._check_out()
+        self.steps.claim()
         timings = {}
         for i, name in enumerate(STEPS, 1):
-            result = self.step(name, getattr(self, name), say, f"[{i}/{len(STEPS)}] ", redo=name == "report")
+            result = self.steps.run(name, getattr(self, name), say, f"[{i}/{len(STEPS)}] ", redo=name == "report")
             timings[name] = result.get("_seconds", 0.0)
         return timings
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process and its finished children, in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return round(max(own, kids) / 1024, 1)
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
-    parser.add_argument("--preset", default="nano", choices=sorted(BUDGETS),
+    parser.add_argument("--budget", default="nano", choices=sorted(BUDGETS),
                         help="nano: the embedded default (real weights); tiny: a random tiny model, plumbing only")
     parser.add_argument("--teacher", default="template", choices=("template", "openai"),
                         help="who writes conversation/detail/reasoning data (vqa always comes from the annotations)")
@@ -310,10 +261,10 @@ def run(args: argparse.Namespace) -> int:
     teacher = Teacher(args.teacher, args.base_url, args.teacher_model, args.api_key_env)
     if teacher.kind == "openai" and not teacher.model:
         raise ConfigError("--teacher openai needs --model (and --base-url for a server other than OpenAI)")
-    qs = Quickstart(args.out, args.preset, teacher, progress=not args.quiet)
+    qs = Quickstart(args.out, args.budget, teacher, progress=not args.quiet)
     start = time.time()
     qs.run(say=lambda text: print(f"llavakit quickstart: {text}", file=sys.stderr, flush=True))
-    report = qs.done("report") or {}
+    report = qs.steps.done("report") or {}
     print(report.get("summary", ""))
     print(f"\nreport: {qs.out / 'report.md'}  (total {time.time() - start:.0f} s this run)")
     model = qs.model_dir

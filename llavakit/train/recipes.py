@@ -1,6 +1,6 @@
-"""Shipped training configs (``llavakit/train/configs/*.yaml``) and config assembly.
+"""Shipped training configs — recipes (``llavakit/train/configs/*.yaml``, ``--recipe NAME``) — and config assembly.
 
-A YAML config may start with ``inherit: NAME`` — a shipped preset name or a path relative to the
+A YAML config may start with ``inherit: NAME`` — a shipped recipe name or a path relative to the
 file — and then only states what differs. :func:`build_config` resolves the chain, applies the
 ``key=value`` overrides in order and returns a typed :class:`TrainConfig`.
 """
@@ -18,14 +18,14 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 ACCELERATE_DIR = CONFIG_DIR / "accelerate"
 
 
-def preset_names() -> list[str]:
+def recipe_names() -> list[str]:
     return sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
 
 
-def preset_path(name: str) -> Path:
+def recipe_path(name: str) -> Path:
     path = CONFIG_DIR / f"{name}.yaml"
-    if name not in preset_names():
-        raise ConfigError(f"unknown training preset {name!r}; shipped presets: {', '.join(preset_names())}")
+    if name not in recipe_names():
+        raise ConfigError(f"unknown training recipe {name!r}; shipped recipes: {', '.join(recipe_names())}")
     return path
 
 
@@ -43,24 +43,24 @@ def _resolve(path: Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def _inherit(data: dict, base_dir: Path, seen: tuple[Path, ...], where: str) -> dict:
-    """``data`` merged over what its ``inherit:`` names (a path relative to ``base_dir`` or a preset)."""
+    """``data`` merged over what its ``inherit:`` names (a path relative to ``base_dir`` or a shipped recipe)."""
     data = dict(data)
     parent = data.pop("inherit", None)
     if parent is None:
         return data
     if not isinstance(parent, str):
-        raise ConfigError(f"{where}: inherit must be a preset name or a path, got {parent!r}")
+        raise ConfigError(f"{where}: inherit must be a recipe name or a path, got {parent!r}")
     local = base_dir / parent
-    parent_path = local if local.suffix in (".yaml", ".yml") and local.is_file() else preset_path(parent)
+    parent_path = local if local.suffix in (".yaml", ".yml") and local.is_file() else recipe_path(parent)
     return merge(_resolve(parent_path, seen), data)
 
 
-def load_config_dict(config: str | Path | None = None, preset: str | None = None) -> dict:
-    """The merged dict of a config file or a shipped preset (with its ``inherit`` chain)."""
-    if config is not None and preset is not None:
-        raise ConfigError("give either a config file or a preset, not both")
-    if preset is not None:
-        return _resolve(preset_path(preset))
+def load_config_dict(config: str | Path | None = None, recipe: str | None = None) -> dict:
+    """The merged dict of a config file or a shipped recipe (with its ``inherit`` chain)."""
+    if config is not None and recipe is not None:
+        raise ConfigError("give either a config file or a recipe, not both")
+    if recipe is not None:
+        return _resolve(recipe_path(recipe))
     if config is not None:
         return _resolve(Path(config))
     return {}
@@ -68,15 +68,15 @@ def load_config_dict(config: str | Path | None = None, preset: str | None = None
 
 def build_config(
     config: str | Path | dict | None = None,
-    preset: str | None = None,
+    recipe: str | None = None,
     overrides: Sequence[str] = (),
     stage: int | str | None = None,
 ) -> TrainConfig:
-    """Config file / preset / dict + ``key=value`` overrides (+ ``stage``) → a typed TrainConfig."""
+    """Config file / recipe / dict + ``key=value`` overrides (+ ``stage``) → a typed TrainConfig."""
     if isinstance(config, dict):
         data = _inherit(config, Path.cwd(), (), "config")
     else:
-        data = load_config_dict(config, preset)
+        data = load_config_dict(config, recipe)
     for text in overrides:
         data = merge(data, parse_override(text))
     if stage is not None:

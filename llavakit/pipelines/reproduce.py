@@ -9,7 +9,7 @@ Rows
 - ``full``       two-stage, vqa + conversation + detail + reasoning (also evaluated blind: claim a),
 - ``stage2-only`` the same data, stage 2 only — the projector is not pretrained (no ``align``, no stage 1;
   paper Table 8): claim b. A model whose tokens are snapped to words cannot start without the
-  alignment's word tables, so this row trains the ablation's ``unaligned_model`` (``nano``: the
+  alignment's word tables, so this row trains the study's ``unaligned_model`` (``nano``: the
   paper's mlp2x_gelu connector, learning only in stage 2),
 - ``conv``, ``conv+detail``: the instruction mix of paper Table 4 (with ``full`` as "+ reasoning"):
   claim c. Every mix keeps the same short-answer (vqa) half, so accuracy is comparable.
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from llavakit.errors import ConfigError
-from llavakit.quickstart import BUDGETS, Budget, Quickstart
+from llavakit.pipelines.quickstart import BUDGETS, Budget, Quickstart
 
 ALL_TYPES = ("conversation", "detail", "reasoning")
 
@@ -36,22 +36,25 @@ ALL_TYPES = ("conversation", "detail", "reasoning")
 @dataclass(frozen=True)
 class Row:
     name: str
-    claim: str
+    claim: str  # what the row is
+    claims: str  # which of the paper's claims (a-c) it measures
     types: tuple[str, ...]  # instruction types mixed with the vqa half
     pretrained: bool = True  # stage 2 starts from the budget's pre-stage (align and/or stage 1), else fresh
     blind: bool = False
 
 
 ROWS = (
-    Row("full", "two-stage; vqa + conversation + detail + reasoning", ALL_TYPES, blind=True),
-    Row("stage2-only", "stage 2 only (no alignment pretraining)", ALL_TYPES, pretrained=False),
-    Row("conv", "vqa + conversation", ("conversation",)),
-    Row("conv+detail", "vqa + conversation + detail", ("conversation", "detail")),
+    Row("full", "two-stage; vqa + conversation + detail + reasoning", "a, b, c", ALL_TYPES, blind=True),
+    Row("stage2-only", "stage 2 only (no alignment pretraining)", "b", ALL_TYPES, pretrained=False),
+    Row("conv", "vqa + conversation", "c", ("conversation",)),
+    Row("conv+detail", "vqa + conversation + detail", "c", ("conversation", "detail")),
 )
 
 
 @dataclass
-class Ablation:
+class Study:
+    """One ablation study: the shared budget and what every row trains on."""
+
     base: Budget  # scenes, data and stage 1 (shared by every row)
     samples: int  # stage-2 training samples per row: half vqa, half the row's instruction types
     stage2: list[str] = field(default_factory=list)
@@ -60,8 +63,8 @@ class Ablation:
 
 
 
-ABLATIONS: dict[str, Ablation] = {
-    "nano": Ablation(
+STUDIES: dict[str, Study] = {
+    "nano": Study(
         # the quickstart's recipe (align -> snapped objects -> stage 2) with every instruction type in the data;
         # stage 2 as the quickstart's (90 steps x 4 samples), half of its samples vqa
         base=replace(BUDGETS["nano"], types="vqa,conversation,detail,reasoning"),
@@ -70,7 +73,7 @@ ABLATIONS: dict[str, Ablation] = {
         heldout_images=30,
         unaligned_model="nano",
     ),
-    "paper": Ablation(
+    "paper": Study(
         # the paper's recipe as measured in docs/reproduction.md: no align step (claim b compares stage 1
         # against none), 1,000 scenes, stage 1 on 1,000 captions x 1.5 epochs
         base=replace(BUDGETS["nano"], model="nano", types="vqa,conversation,detail,reasoning", per_category=30,
@@ -81,7 +84,7 @@ ABLATIONS: dict[str, Ablation] = {
         stage2=["per_device_batch_size=4", "epochs=1", "optim.lr=1e-4", "optim.projector_lr=1e-3"],
         heldout_images=30,
     ),
-    "tiny": Ablation(
+    "tiny": Study(
         base=replace(BUDGETS["tiny"], types="vqa,conversation,detail,reasoning", align=None),
         samples=32,
         stage2=BUDGETS["tiny"].stage2,
@@ -142,18 +145,18 @@ def layer_switch_check(captions: Path, image_folder: Path, out: Path, steps: int
 
 
 class Reproduce:
-    def __init__(self, out: str | Path, preset: str = "nano", progress: bool = True, rows: list[str] | None = None):
-        if preset not in ABLATIONS:
-            raise ConfigError(f"unknown reproduce preset {preset!r}; known: {', '.join(ABLATIONS)}")
+    def __init__(self, out: str | Path, study: str = "nano", progress: bool = True, rows: list[str] | None = None):
+        if study not in STUDIES:
+            raise ConfigError(f"unknown reproduce study {study!r}; known: {', '.join(STUDIES)}")
         known = [r.name for r in ROWS] + ["clip-layer"]
         for name in rows or []:
             if name not in known:
                 raise ConfigError(f"unknown row {name!r}; known: {', '.join(known)}")
         self.out = Path(out)
-        self.preset = preset
-        self.ablation = ABLATIONS[preset]
+        self.study_name = study
+        self.study = STUDIES[study]
         self.rows = rows or known
-        self.qs = Quickstart(self.out, f"reproduce-{preset}", progress=progress, budget=self.ablation.base)
+        self.qs = Quickstart(self.out, f"reproduce-{study}", progress=progress, budget=self.study.base)
         self.progress = progress
 
     def heldout_data(self) -> dict:
@@ -163,7 +166,7 @@ class Reproduce:
         stats = run_datagen(DatagenConfig(
             captions=str(held / "captions.json"), instances=str(held / "instances.json"),
             out=str(self.out / "data" / "heldout_instruct.json"), types=",".join(ALL_TYPES), teacher="template",
-            limit=self.ablation.heldout_images, progress=self.progress,
+            limit=self.study.heldout_images, progress=self.progress,
         ))
         return {"heldout_instruct": stats}
 
@@ -174,10 +177,10 @@ class Reproduce:
         records = json.loads(self.qs.paths["instruct"].read_text(encoding="utf-8"))
         data = self.out / "rows" / row.name / "train.json"
         data.parent.mkdir(parents=True, exist_ok=True)
-        data.write_text(json.dumps(mix(records, row, self.ablation.samples)), encoding="utf-8")
+        data.write_text(json.dumps(mix(records, row, self.study.samples)), encoding="utf-8")
         out = self.out / "rows" / row.name / "stage2"
-        model = None if row.pretrained else self.ablation.unaligned_model
-        train = self.qs.train(2, self.ablation.stage2, data=data, out=out, pretrained=row.pretrained, model=model)
+        model = None if row.pretrained else self.study.unaligned_model
+        train = self.qs.train(2, self.study.stage2, data=data, out=out, pretrained=row.pretrained, model=model)
         result = self.qs.evaluate(out / "model", self.out / "rows" / row.name / "eval", blind=row.blind)
         held = json.loads((self.out / "data" / "heldout_instruct.json").read_text(encoding="utf-8"))
         trained = load_model(str(out / "model"))
@@ -191,25 +194,26 @@ class Reproduce:
                                   self.out / "rows" / "clip-layer")
 
     def run(self, say=print) -> dict:
-        self.qs._check_out()
+        steps = self.qs.steps
+        steps.claim()
         for name in ("scenes", "data", "align", "stage1"):
-            self.qs.step(name, getattr(self.qs, name), say, "[shared] ")
-        self.qs.step("heldout_data", self.heldout_data, say, "[shared] ")
+            steps.run(name, getattr(self.qs, name), say, "[shared] ")
+        steps.run("heldout_data", self.heldout_data, say, "[shared] ")
         results = {}
         for row in ROWS:
             if row.name in self.rows:
-                results[row.name] = self.qs.step(f"row-{row.name}", lambda r=row: self.row(r), say, "[row] ")
+                results[row.name] = steps.run(f"row-{row.name}", lambda r=row: self.row(r), say, "[row] ")
         if "clip-layer" in self.rows:
-            results["clip-layer"] = self.qs.step("row-clip-layer", self.clip_layer, say, "[row] ")
-        from llavakit.report import write_reproduction
+            results["clip-layer"] = steps.run("row-clip-layer", self.clip_layer, say, "[row] ")
+        from llavakit.pipelines.report import write_reproduction
 
-        write_reproduction(self, results)
+        write_reproduction(self.out, self.study_name, self.study, ROWS, ALL_TYPES, results)
         return results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/ablations", help="output directory (default runs/ablations)")
-    parser.add_argument("--preset", default="nano", choices=sorted(ABLATIONS),
+    parser.add_argument("--study", default="nano", choices=sorted(STUDIES),
                         help="nano: the quickstart's recipe (align, snapped objects); paper: the paper's (stage 1 on "
                              "captions, mlp2x_gelu); tiny: a random tiny model, plumbing only")
     parser.add_argument("--rows", help="comma-separated subset of rows (default all): "
@@ -219,7 +223,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rows = [r for r in args.rows.split(",") if r] if args.rows else None
-    rep = Reproduce(args.out, args.preset, progress=not args.quiet, rows=rows)
+    rep = Reproduce(args.out, args.study, progress=not args.quiet, rows=rows)
     start = time.time()
     rep.run(say=lambda text: print(f"llavakit reproduce: {text}", file=sys.stderr, flush=True))
     print((rep.out / "reproduction.md").read_text(encoding="utf-8"))
