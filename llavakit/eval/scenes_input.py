@@ -9,6 +9,7 @@ seeds are disjoint; see :mod:`llavakit.datagen.scenes`).
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from llavakit.datagen.facts import FactSet, load_facts
@@ -16,6 +17,16 @@ from llavakit.eval.records import read_json
 from llavakit.errors import DataError
 
 DEFAULT_HELDOUT_SEED = 1000  # `llavakit scenes` defaults to seed 0 for training scenes
+
+
+def add_scene_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments every scenes evaluation takes: MODEL, --scenes (+ --n, --scene-seed) and --out."""
+    parser.add_argument("model", help="a preset (nano, tiny-random, ...) or a checkpoint directory")
+    parser.add_argument("--scenes", required=True, help="held-out scenes dir (from `llavakit scenes`)")
+    parser.add_argument("--n", type=int, help="render this many held-out scenes into --scenes if it is empty")
+    parser.add_argument("--scene-seed", type=int, default=DEFAULT_HELDOUT_SEED,
+                        help=f"seed for --n (default {DEFAULT_HELDOUT_SEED}; must differ from the training seed)")
+    parser.add_argument("--out", required=True, help="output directory (answers are resumable)")
 
 
 def ensure_scenes(scenes_dir: str | Path, n: int | None = None, seed: int = DEFAULT_HELDOUT_SEED,

@@ -33,6 +33,7 @@ from llavakit.eval.records import read_jsonl, write_jsonl
 from llavakit.eval.report import md_table, pct, write_report
 from llavakit.eval.scenes_input import (
     DEFAULT_HELDOUT_SEED,
+    add_scene_arguments,
     ensure_scenes,
     heldout_warnings,
     load_scenes,
@@ -175,12 +176,7 @@ def markdown(result: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", help="a preset (nano, tiny-random, ...) or a checkpoint directory")
-    parser.add_argument("--scenes", required=True, help="held-out scenes dir (from `llavakit scenes`)")
-    parser.add_argument("--n", type=int, help="render this many held-out scenes into --scenes if it is empty")
-    parser.add_argument("--scene-seed", type=int, default=DEFAULT_HELDOUT_SEED,
-                        help=f"seed for --n (default {DEFAULT_HELDOUT_SEED}; must differ from the training seed)")
-    parser.add_argument("--out", required=True, help="output directory (answers are resumable)")
+    add_scene_arguments(parser)
     parser.add_argument("--per-category", type=int, default=50, help="questions per category (default 50)")
     parser.add_argument("--seed", type=int, default=0, help="question sampling seed")
     parser.add_argument("--blind", action="store_true", help="also answer with a blank image and report the gap")
