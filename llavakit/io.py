@@ -6,6 +6,12 @@ old file or the new one, never a torn one. The temp name carries the process id,
 writers of different processes never share a temp file; a leftover temp file from a killed writer
 is harmless (hidden, replaced on the next write).
 
+:func:`atomic_path` gives the same contract to writers that want a file name (safetensors, PIL,
+numpy), and :func:`atomic_directory` to a directory written file by file (a model checkpoint, a
+converted LM): the new directory takes the old one's place only when complete. (The distributed
+training checkpoint, written by every rank into one agreed name, keeps its own variant in
+``train/checkpoints.py``.)
+
 (This is what the standard library does not offer in one call; ``os.replace`` is the atomic part.)
 
 JSONL files llavakit *appends* to (training metrics, answers, judge and teacher caches) are read
@@ -20,8 +26,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from llavakit.errors import DataError
 
@@ -41,6 +49,48 @@ def atomic_write(path: str | Path, data: str | bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A hidden temp name beside ``path`` (same suffix) to write to; renamed over ``path`` when the
+    block ends, removed when it raises. Parent directories are made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(path: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """A fresh hidden temp directory beside ``path`` to fill; when the block ends it takes
+    ``path``'s place (an existing one is moved aside first and removed after). With
+    ``keep_existing`` a ``path`` that exists by then (another process finished first) is kept and
+    the temp directory dropped. Removed when the block raises."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists() and keep_existing:
+        shutil.rmtree(tmp, ignore_errors=True)
+    elif path.exists():
+        old = path.with_name(f".{path.name}.old{os.getpid()}")
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(path)
 
 
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llavakit.errors import DataError
-from llavakit.io import atomic_write_json, cut_torn_tail, read_jsonl_log
+from llavakit.io import atomic_directory, atomic_path, atomic_write_json, cut_torn_tail, read_jsonl_log
 
 
 def test_atomic_write_leaves_no_temp_file_and_replaces_whole(tmp_path):
@@ -14,6 +14,38 @@ def test_atomic_write_leaves_no_temp_file_and_replaces_whole(tmp_path):
     atomic_write_json(target, {"b": 2})
     assert target.read_text() == '{\n  "b": 2\n}\n'
     assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def test_atomic_path_renames_on_success_and_leaves_the_old_file_on_failure(tmp_path):
+    target = tmp_path / "w.npy"
+    with atomic_path(target) as tmp:
+        assert tmp.suffix == ".npy" and tmp.parent == tmp_path and not target.exists()
+        tmp.write_bytes(b"new")
+    assert target.read_bytes() == b"new"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["w.npy"]
+
+
+def test_atomic_directory_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "ckpt"
+    with atomic_directory(target) as tmp:
+        (tmp / "a").write_text("1")
+    with atomic_directory(target) as tmp:
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]  # the old directory is gone, not merged
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "c").write_text("3")
+            raise RuntimeError("killed mid-save")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    with atomic_directory(target, keep_existing=True) as tmp:  # another process finished first: keep its
+        (tmp / "d").write_text("4")
+    assert sorted(p.name for p in target.iterdir()) == ["b"]
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
 
 
 def test_a_torn_last_line_is_dropped_and_cut_with_repair(tmp_path):

@@ -11,7 +11,6 @@ and config keeps the images already written (each is written atomically) and ren
 from __future__ import annotations
 
 import json
-import os
 import random
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from llavakit.datagen.jsonio import write_json
 from llavakit.datagen.scenes import MAX_INDEX, categories, render, sample_scene, scene_record
 from llavakit.datagen.world import SceneConfig
 from llavakit.errors import ConfigError, DataError
+from llavakit.io import atomic_path
 
 GENERATOR = "llavakit-scenes/1"
 
@@ -36,9 +36,8 @@ def _render_one(args: tuple[SceneConfig, int, int, str, bool]) -> tuple[dict, li
     scene = sample_scene(cfg, seed, index)
     path = Path(image_dir) / scene.file_name
     if not (reuse and path.is_file() and path.stat().st_size > 0):
-        tmp = path.with_name(f".{path.name}.tmp")
-        render(scene).save(tmp, format="PNG", compress_level=1)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            render(scene).save(tmp, format="PNG", compress_level=1)
     return scene_record(scene)
 
 

@@ -15,8 +15,6 @@ tower fingerprint and dimensions so it only loads on top of a matching base.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -24,6 +22,7 @@ from safetensors.torch import save_file
 
 from llavakit.config import from_dict, to_dict
 from llavakit.errors import ConfigError, LlavakitError
+from llavakit.io import atomic_directory, atomic_path, atomic_write_json
 from llavakit.model.config import LlavaConfig
 from llavakit.model.lm import load_lm
 from llavakit.model.llava import LlavaModel
@@ -110,46 +109,27 @@ def from_pretrained(directory: str | Path) -> LlavaModel:
     return model.eval()
 
 
-def _atomic_dir(target: Path) -> Path:
-    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _commit_dir(tmp: Path, target: Path) -> None:
-    if target.exists():
-        old = target.with_name(f".{target.name}.old{os.getpid()}")
-        target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(target)
-
-
 def save_pretrained(model: LlavaModel, directory: str | Path) -> Path:
     """Write a self-contained checkpoint atomically (temp dir, then rename). LoRA is merged."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _atomic_dir(directory)
-    config = to_dict(model.config)
-    tower_dir = tmp / "vision_tower"
-    tower_dir.mkdir()
-    config["vision"].update(model.vision_tower.save(tower_dir))
-    lm = model.language_model
-    if hasattr(lm, "merge_and_unload"):  # a peft model: save merged weights, keep training model intact
-        import copy
+    with atomic_directory(directory) as tmp:
+        config = to_dict(model.config)
+        tower_dir = tmp / "vision_tower"
+        tower_dir.mkdir()
+        config["vision"].update(model.vision_tower.save(tower_dir))
+        lm = model.language_model
+        if hasattr(lm, "merge_and_unload"):  # a peft model: save merged weights, keep training model intact
+            import copy
 
-        lm = copy.deepcopy(lm).merge_and_unload()
-    lm.save_pretrained(tmp / "language_model")
-    config["lm"].update({"kind": "hf", "name_or_path": None, "gguf_file": None, "hf_config": None})
-    model.tokenizer.save_pretrained(tmp)
-    save_file({k: v.detach().contiguous() for k, v in model.projector.state_dict().items()}, tmp / PROJECTOR_WEIGHTS)
-    from llavakit import __version__
+            lm = copy.deepcopy(lm).merge_and_unload()
+        lm.save_pretrained(tmp / "language_model")
+        config["lm"].update({"kind": "hf", "name_or_path": None, "gguf_file": None, "hf_config": None})
+        model.tokenizer.save_pretrained(tmp)
+        save_file({k: v.detach().contiguous() for k, v in model.projector.state_dict().items()}, tmp / PROJECTOR_WEIGHTS)
+        from llavakit import __version__
 
-    config["llavakit_version"] = __version__
-    (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    _commit_dir(tmp, directory)
+        config["llavakit_version"] = __version__
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2), encoding="utf-8")
     return directory
 
 
@@ -168,11 +148,9 @@ def projector_meta(model: LlavaModel) -> dict:
 def save_projector(model: LlavaModel, directory: str | Path) -> Path:
     """The stage-1 artifact: projector weights + what they fit."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / (PROJECTOR_WEIGHTS + ".tmp")
-    save_file({k: v.detach().contiguous() for k, v in model.projector.state_dict().items()}, tmp)
-    tmp.replace(directory / PROJECTOR_WEIGHTS)
-    (directory / PROJECTOR_META).write_text(json.dumps(projector_meta(model), indent=2), encoding="utf-8")
+    with atomic_path(directory / PROJECTOR_WEIGHTS) as tmp:
+        save_file({k: v.detach().contiguous() for k, v in model.projector.state_dict().items()}, tmp)
+    atomic_write_json(directory / PROJECTOR_META, projector_meta(model))
     return directory
 
 

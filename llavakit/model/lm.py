@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 
 from llavakit.errors import ConfigError, LlavakitError
+from llavakit.io import atomic_directory
 from llavakit.model.config import LMConfig
 from llavakit.progress import library_bars
 
@@ -107,15 +107,9 @@ def convert_gguf(folder: Path, gguf_file: str) -> Path:
         raise LlavakitError(f"converting {gguf_file}: {len(loaded.unexpected_keys)} unexpected tensors (first: "
                             f"{loaded.unexpected_keys[:3]}), {len(unfilled)} weights not filled (first: {unfilled[:3]})")
     plain.generation_config = quantised.generation_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        tmp.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_directory(target, keep_existing=True) as tmp:  # another process may finish first: keep its
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     print(f"llavakit: converted in {time.time() - start:.1f} s; later loads use the cache", file=sys.stderr)
     return target
 

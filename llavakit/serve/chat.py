@@ -9,8 +9,6 @@ conversation as a LLaVA data record), ``/help``, ``/quit``. Reads a pipe as well
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Iterable, TextIO
 from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image
 from llavakit.conversation.templates import ASSISTANT, USER, Message
 from llavakit.errors import LlavakitError
+from llavakit.io import atomic_write_json
 from llavakit.serve.batch import GenParams, Row, generate_rows
 from llavakit.serve.prompts import DEFAULT, PromptEncoder
 
@@ -92,14 +91,9 @@ class ChatSession:
         target = Path(path)
         if target.is_dir():
             raise LlavakitError(f"/save {path}: that is a directory; give a file name (e.g. {target / 'chat.json'})")
-        tmp = target.with_name(target.name + ".tmp")
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps([self.record()], indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-            os.replace(tmp, target)
+            atomic_write_json(target, [self.record()])
         except OSError as exc:  # a parent that is a file, no permission, a full disk: the chat goes on
-            if tmp.parent.is_dir():
-                tmp.unlink(missing_ok=True)
             raise LlavakitError(f"/save {path}: cannot write it ({exc.strerror or exc}); the conversation is kept") from None
         return target
 

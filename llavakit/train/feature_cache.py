@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from llavakit.errors import DataError, LlavakitError
-from llavakit.io import atomic_write_json
+from llavakit.io import atomic_path, atomic_write_json
 from llavakit.progress import bar as progress_bar
 
 FORMAT = 1
@@ -171,13 +171,12 @@ class FeatureCache:
     def _write_shard(self, keys: list[str], feats: list[np.ndarray], rank: int) -> None:
         name = f"r{rank}-{uuid.uuid4().hex[:12]}"
         final = self.dir / "shards" / f"{name}.npy"
-        tmp = final.with_name(f".{name}.tmp.npy")
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=self._np_dtype(), shape=(len(keys), *self.shape))
-        for i, f in enumerate(feats):
-            arr[i] = f
-        arr.flush()
-        del arr
-        tmp.replace(final)
+        with atomic_path(final) as tmp:
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=self._np_dtype(), shape=(len(keys), *self.shape))
+            for i, f in enumerate(feats):
+                arr[i] = f
+            arr.flush()
+            del arr
         _write_json(self.dir / "index" / f"{name}.json", {k: i for i, k in enumerate(keys)})
         for i, key in enumerate(keys):
             self._index[key] = (name, i)

@@ -10,7 +10,7 @@ import importlib.util
 import json
 from pathlib import Path
 
-from llavakit.io import read_jsonl_log
+from llavakit.io import atomic_write_jsonl, read_jsonl_log
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -29,9 +29,7 @@ class MetricsLog:
             return
         rows = read_metrics(self.path) if resume_step is not None else []
         kept = [r for r in rows if r.get("step", 0) <= (resume_step or 0)]
-        tmp = self.path.with_name(self.path.name + ".tmp")  # a kill while rewriting loses nothing
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-        tmp.replace(self.path)
+        atomic_write_jsonl(self.path, kept)  # a kill while rewriting loses nothing
         self._file = self.path.open("a", encoding="utf-8")
         if tensorboard and importlib.util.find_spec("tensorboard") is not None:
             from torch.utils.tensorboard import SummaryWriter
