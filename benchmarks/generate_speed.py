@@ -44,7 +44,8 @@ def main() -> None:
     from llavakit.conversation.templates import Message
     from llavakit.model import load_model
     from llavakit.model.lm import convert_gguf, embedded_dir
-    from llavakit.serve.batch import Row, collate
+    from llavakit.serve.batch import collate
+    from llavakit.serve.rows import Row
 
     model = load_model("nano")
     bare = AutoModelForCausalLM.from_pretrained(str(convert_gguf(*embedded_dir("SmolLM2-135M-Instruct"))), dtype=torch.float32).eval()

@@ -58,7 +58,12 @@ def prepare(work: Path, tower: str, n: int, seed: int = 0) -> None:
     from PIL import Image, ImageDraw
 
     from llavakit.model import build_model, save_pretrained, save_projector
-    from llavakit.model.config import LlavaConfig, LMConfig, ProjectorConfig, VisionConfig
+    from llavakit.model.config import (
+        LlavaConfig,
+        LMConfig,
+        ProjectorConfig,
+        VisionConfig,
+    )
 
     if not (work / "model" / "llavakit.json").is_file():
         cfg = LlavaConfig(
@@ -115,14 +120,14 @@ def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
 
 def token_stats(work: Path, stage: int) -> dict:
     """Mean tokens / supervised tokens per sample, and model dimensions, for the FLOP count."""
+    from llavakit.conversation.processor import IGNORE_INDEX, Processor
     from llavakit.data.dataset import LlavaDataset, load_records
-    from llavakit.conversation.processor import Processor
     from llavakit.model import load_model
 
     model = load_model(str(work / "model"))
     proc = Processor(model.tokenizer, "plain" if stage == 1 else model.processor.template, model.num_image_tokens)
     ds = LlavaDataset(load_records(work / f"stage{stage}.json"), proc, image_folder=work / "images", progress=False)
-    sup = [sum(1 for x in ds[i].labels[1:] if x != -100) for i in range(len(ds))]
+    sup = [sum(1 for x in ds[i].labels[1:] if x != IGNORE_INDEX) for i in range(len(ds))]
     lm = model.language_model
     emb = lm.get_input_embeddings().weight
     body = sum(p.numel() for p in lm.parameters()) - emb.numel()
@@ -189,106 +194,6 @@ def worker_cache(a) -> dict:
     return {"seconds_per_image": (time.perf_counter() - start) / len(paths), "peak_mb": peak_memory_mb()}
 
 
-def _baseline_model(work: Path, stage: int):
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-    from llavakit.model import load_model
-
-    lk = load_model(str(work / "model"))
-    vision = lk.vision_tower.model
-    cfg = LlavaConfig(vision_config=vision.config.to_dict(), text_config=lk.language_model.config.to_dict(),
-                      image_token_index=lk.image_token_id, projector_hidden_act="gelu", vision_feature_layer=-2,
-                      vision_feature_select_strategy="default", image_seq_length=lk.num_image_tokens)
-    hf = LlavaForConditionalGeneration(cfg)
-    hf.model.vision_tower.load_state_dict(vision.state_dict())
-    proj = hf.model.multi_modal_projector
-    proj.linear_1.load_state_dict(lk.projector[0].state_dict())
-    proj.linear_2.load_state_dict(lk.projector[2].state_dict())
-    hf.model.language_model.load_state_dict(lk.language_model.model.state_dict())
-    hf.lm_head.load_state_dict(lk.language_model.lm_head.state_dict())
-    hf.resize_token_embeddings(len(lk.tokenizer))  # the <image> token gets an embedding row, as in HF's llava
-    hf.requires_grad_(False)  # LLaVA's train.py: vision frozen; stage 1 tunes only the mm projector
-    proj.requires_grad_(True)
-    if stage == 2:
-        hf.model.language_model.requires_grad_(True)
-        hf.lm_head.requires_grad_(True)
-    hf.enable_input_require_grads()  # as LLaVA does with gradient checkpointing
-    return hf, lk
-
-
-def worker_baseline(a) -> dict:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    from llavakit.data.dataset import LlavaDataset, load_records
-    from llavakit.imaging import load_image
-    from llavakit.conversation.processor import IGNORE_INDEX, Processor
-
-    work = Path(a.work)
-    model, lk = _baseline_model(work, a.stage)
-    proc = Processor(lk.tokenizer, "plain" if a.stage == 1 else lk.processor.template, lk.num_image_tokens)
-    ds = LlavaDataset(load_records(work / f"stage{a.stage}.json"), proc, image_folder=work / "images", progress=False)
-    tower = lk.vision_tower
-
-    class Lazy(torch.utils.data.Dataset):  # LLaVA's LazySupervisedDataset: load + preprocess per sample
-        def __len__(self):
-            return len(ds)
-
-        def __getitem__(self, i):
-            ex = ds[i]
-            return {"input_ids": ex.input_ids, "labels": ex.labels,
-                    "pixel_values": tower.preprocess([load_image(ex.images[0])])[0]}
-
-    def collate(items):
-        width = max(len(x["input_ids"]) for x in items)
-        pad = lk.tokenizer.pad_token_id
-        ids = torch.tensor([x["input_ids"] + [pad] * (width - len(x["input_ids"])) for x in items])
-        labels = torch.tensor([x["labels"] + [IGNORE_INDEX] * (width - len(x["labels"])) for x in items])
-        mask = torch.tensor([[1] * len(x["input_ids"]) + [0] * (width - len(x["input_ids"])) for x in items])
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-                "pixel_values": torch.stack([x["pixel_values"] for x in items])}
-
-    class LLaVATrainer(Trainer):  # the original groups by (modality) length with precomputed lengths
-        def _get_train_sampler(self, *args, **kwargs):
-            return LengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                        lengths=list(ds.lengths))
-
-    times: list[float] = []
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, args, state, control, **kw):
-            times.append(time.perf_counter())
-
-    args = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix="hf-", dir=a.work), per_device_train_batch_size=a.batch,
-        gradient_accumulation_steps=1, learning_rate=LR[a.stage], weight_decay=0.0, warmup_steps=0.03,
-        lr_scheduler_type="cosine", max_steps=a.warmup + a.steps, activation_checkpointing=True,
-        dataloader_num_workers=a.baseline_workers, save_strategy="no", report_to="none", logging_steps=10_000,
-        disable_tqdm=True, remove_unused_columns=False, use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), seed=42,
-    )
-    trainer = LLaVATrainer(model=model, args=args, train_dataset=Lazy(), data_collator=collate, callbacks=[Clock()])
-    trainer.train()
-    t0, t1 = times[a.warmup - 1], times[a.warmup + a.steps - 1]
-    return {"samples_per_s": a.batch * a.steps / (t1 - t0), "peak_mb": peak_memory_mb()}
-
-
-def worker_same_model(a) -> dict:
-    """The two stacks hold the same model: their loss on the same stage-2 batch must agree."""
-    from llavakit.data.batching import Collator, pixel_image_fn
-    from llavakit.data.dataset import LlavaDataset, load_records
-
-    work = Path(a.work)
-    hf, lk = _baseline_model(work, 2)
-    ds = LlavaDataset(load_records(work / "stage2.json"), lk.processor, image_folder=work / "images", progress=False)
-    batch = Collator(lk.tokenizer.pad_token_id, image_fn=pixel_image_fn(lk.preprocess))([ds[0], ds[1]])
-    batch.pop("ids"), batch.pop("skipped")
-    with torch.no_grad():
-        ours = float(lk(**batch).loss)
-        theirs = float(hf(**batch).loss)
-    return {"llavakit_loss": ours, "baseline_loss": theirs}
-
-
 # --- orchestration -----------------------------------------------------------------------------
 
 def run_worker(a, kind: str, stage: int) -> dict:
@@ -320,6 +225,11 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.worker:
+        from throughput_baseline import (  # this script's folder
+            worker_baseline,
+            worker_same_model,
+        )
+
         fn = {"llavakit": worker_llavakit, "baseline": worker_baseline, "cache": worker_cache,
               "same-model": worker_same_model}[a.worker]
         print(json.dumps(fn(a)))

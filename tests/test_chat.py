@@ -7,13 +7,13 @@ import json
 
 import pytest
 from PIL import Image
+from reference_generation import answer
 
 from llavakit.cli import main
 from llavakit.conversation.processor import to_messages
 from llavakit.conversation.templates import Message
-from llavakit.serve.batch import GenParams
 from llavakit.serve.chat import ChatSession, run_session
-from reference_generation import answer
+from llavakit.serve.rows import GenParams
 
 
 @pytest.fixture

@@ -16,11 +16,12 @@ from PIL import Image
 
 from llavakit.conversation.templates import Message
 from llavakit.serve.api import ServeConfig, create_app
-from llavakit.serve.batch import GenParams, Row, generate_rows
+from llavakit.serve.batch import generate_rows
 from llavakit.serve.cli import BackgroundServer
 from llavakit.serve.engine import EngineConfig
 from llavakit.serve.image_input import ImagePolicy
 from llavakit.serve.prompts import PromptEncoder
+from llavakit.serve.rows import GenParams, Row
 from llavakit.serve.schema import Limits
 
 MODEL = "tiny-random"
@@ -235,7 +236,7 @@ def test_client_disconnect_cancels_generation(tiny_model):
 
 
 def test_full_queue_answers_429_with_retry_after(tiny_model):
-    with running(tiny_model, engine=EngineConfig(max_batch_size=1, batch_window_ms=0, max_queue=1)) as srv:
+    with running(tiny_model, engine=EngineConfig(max_batch_size=1, batch_window_ms=0, max_queue=1, max_cohorts=1)) as srv:
         long_body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 1500,
                      "stream": True, "temperature": 0}  # greedy: no early end-of-sequence
         short = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "temperature": 0}

@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from llavakit.conversation.templates import Message
-from llavakit.serve.batch import GenParams, Row, RowState, generate_rows, held_tail, stop_strings_for
+from llavakit.serve.batch import Cohort, generate_rows
 from llavakit.serve.prompts import PromptEncoder
+from llavakit.serve.rows import GenParams, Row, RowState, held_tail, stop_strings_for
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,32 @@ def test_batched_rows_match_single_calls_and_stream_their_text(tiny_model, encod
         assert "".join(pieces) == b.text  # the stream adds up to the answer
         assert finished == [b]  # on_finish exactly once
         assert b.prompt_tokens == len(row.prompt_ids)
+
+
+def test_a_cohort_paused_every_few_steps_gives_the_same_tokens_and_streams(tiny_model, encoder):
+    img = Image.new("RGB", (50, 40), (200, 30, 10))
+    specs = [
+        ("<image>\nDescribe the picture.", img, dict(max_new_tokens=14)),
+        ("hello", None, dict(max_new_tokens=6)),
+        ("What?", None, dict(max_new_tokens=11, temperature=0.9, top_p=0.8, seed=3, repetition_penalty=1.3)),
+    ]
+    whole = generate_rows(tiny_model, [make_row(tiny_model, encoder, t, i, **p)[0] for t, i, p in specs])
+    made = [make_row(tiny_model, encoder, t, i, **p) for t, i, p in specs]
+    cohort = Cohort(tiny_model, [m[0] for m in made])
+    steps = {"n": 0}
+
+    def every_third_step() -> bool:
+        steps["n"] += 1
+        return steps["n"] % 3 == 0
+
+    slices = 1
+    while not cohort.advance(every_third_step):
+        slices += 1
+    assert slices >= 4  # it really paused and resumed from its KV cache
+    for (row, pieces, finished), w in zip(made, whole):
+        assert finished == [w]  # same text, finish reason and token counts as one uninterrupted call
+        assert "".join(pieces) == w.text
+    assert cohort.advance() is True and cohort.cache is None  # done: the cache is released
 
 
 def test_per_row_stop_strings_cut_the_answer(tiny_model, encoder):

@@ -10,9 +10,9 @@ import torch
 
 from llavakit.conversation.templates import Message
 from llavakit.errors import LlavakitError
-from llavakit.serve.batch import GenParams, Row
 from llavakit.serve.engine import Engine, EngineConfig, QueueFull
 from llavakit.serve.prompts import PromptEncoder
+from llavakit.serve.rows import GenParams, Row
 
 
 def wait_for(condition, timeout=60.0):
@@ -79,7 +79,7 @@ def test_run_matches_direct_generation(tiny_model, row_for):
 
 
 def test_full_queue_is_refused_and_cancel_frees_the_worker(tiny_model, row_for):
-    engine = Engine(tiny_model, EngineConfig(max_batch_size=1, batch_window_ms=0, max_queue=1))
+    engine = Engine(tiny_model, EngineConfig(max_batch_size=1, batch_window_ms=0, max_queue=1, max_cohorts=1))
     try:
         long_one, waiting = Collector(), Collector()
         handle = engine.submit(row_for(max_new_tokens=1000), long_one)
@@ -94,6 +94,39 @@ def test_full_queue_is_refused_and_cancel_frees_the_worker(tiny_model, row_for):
         assert long_one.result.completion_tokens < 1000
         assert waiting.done.wait(60) and waiting.result.finish_reason == "length"
         assert not queued.cancelled
+    finally:
+        engine.close()
+
+
+def test_a_short_request_is_not_held_behind_a_long_batch(tiny_model, row_for):
+    engine = Engine(tiny_model, EngineConfig(batch_window_ms=0, slice_ms=0))
+    try:
+        long_one, short = Collector(), Collector()
+        handle = engine.submit(row_for("tell me everything", max_new_tokens=1000), long_one)
+        wait_for(lambda: len(long_one.texts) >= 3)  # the long batch is generating
+        engine.submit(row_for("hi", max_new_tokens=2), short)
+        assert short.done.wait(60) and short.result.completion_tokens == 2
+        assert not long_one.done.is_set()  # answered while the long one still runs, not after it
+        assert engine.stats()["batch_sizes"] == {"1": 2}  # two cohorts taking turns
+        handle.cancel()
+        assert long_one.done.wait(60) and long_one.result.finish_reason == "cancelled"
+    finally:
+        engine.close()
+
+
+def test_taking_turns_gives_each_request_the_answer_it_gets_alone(tiny_model, row_for):
+    from llavakit.serve.batch import generate_rows
+
+    engine = Engine(tiny_model, EngineConfig(batch_window_ms=0, slice_ms=0, max_batch_size=1))
+    try:
+        specs = [("first question", 40), ("second", 9), ("third one here", 25)]
+        collectors = [Collector() for _ in specs]
+        for (text, n), c in zip(specs, collectors):
+            engine.submit(row_for(text, max_new_tokens=n), c)
+        for (text, n), c in zip(specs, collectors):
+            assert c.done.wait(60)
+            assert c.result.text == generate_rows(tiny_model, [row_for(text, max_new_tokens=n)])[0].text
+            assert "".join(c.texts) == c.result.text
     finally:
         engine.close()
 

@@ -9,14 +9,14 @@ import json
 import openai
 import pytest
 from PIL import Image
+from reference_generation import answer
 
 from llavakit.conversation.templates import Message
 from llavakit.serve.api import ServeConfig, create_app
-from llavakit.serve.batch import GenParams
 from llavakit.serve.chat import ChatSession
 from llavakit.serve.cli import BackgroundServer
 from llavakit.serve.infer import run_inference
-from reference_generation import answer
+from llavakit.serve.rows import GenParams
 
 pytestmark = pytest.mark.integration
 

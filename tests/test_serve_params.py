@@ -11,9 +11,11 @@ import pytest
 import torch
 
 from llavakit.conversation.templates import Message
-from llavakit.serve.batch import GenParams, Row, adjust_logits, generate_rows, sample_probs
+from llavakit.serve.batch import generate_rows
 from llavakit.serve.params import HONOURED, IGNORED, NEUTRAL
 from llavakit.serve.prompts import PromptEncoder
+from llavakit.serve.rows import GenParams, Row
+from llavakit.serve.sampling import adjust_logits, sample_probs
 from tests.test_serve_api import MODEL, client, running
 
 HELLO = [{"role": "user", "content": "Hello there"}]

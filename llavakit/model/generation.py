@@ -12,6 +12,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from transformers.generation.utils import GenerateDecoderOnlyOutput
+
+# generate's KV-cache argument and output field: ``cache`` from transformers 5 (``past_key_values``
+# before; the old name warns in 5.x and goes in 5.40) — read from the output class, not a version
+CACHE_FIELD = "cache" if "cache" in GenerateDecoderOnlyOutput.__dataclass_fields__ else "past_key_values"
 
 
 class EmbedsGeneration:
@@ -71,6 +76,18 @@ class EmbedsGeneration:
         gen = self.generation_kwargs(max_new_tokens, temperature, top_p, stop, streamer)
         gen.update(kwargs)
         return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask.to(self.device), **gen)
+
+    @torch.no_grad()
+    def generate_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor, cache=None,
+                             max_new_tokens: int = 256, **kwargs):
+        """Greedy ``generate`` from an embedded (left-padded) sequence; with ``cache`` (a KV cache)
+        holding all but its last position, it continues an earlier call (the row-level sampling and
+        stopping come in ``kwargs``: :mod:`llavakit.serve.batch`)."""
+        gen = self.generation_kwargs(max_new_tokens, 0.0, 1.0, None, None)
+        gen.update(kwargs)
+        if cache is not None:
+            gen[CACHE_FIELD] = cache
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **gen)
 
     def decode(self, new_ids: torch.Tensor, stop: Sequence[str] | None = None) -> str:
         """Text of generated ids, cut at the first stop string (which is not included)."""

@@ -27,13 +27,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llavakit.serve.batch import RowResult
 from llavakit.serve.engine import Engine, EngineConfig, QueueFull
 from llavakit.serve.errors import ApiError, bad
 from llavakit.serve.image_input import ImagePolicy
 from llavakit.serve.models import accepts_images
 from llavakit.serve.params import Limits
 from llavakit.serve.requests import CHAT, TEXT, RequestService, Shape, generation_error, ignored_header, read_body
+from llavakit.serve.rows import RowResult
 
 log = logging.getLogger("llavakit.serve")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 from typing import Iterable, TextIO
 
-from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image
 from llavakit.conversation.templates import ASSISTANT, USER, Message
 from llavakit.errors import LlavakitError
+from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image
 from llavakit.io import atomic_write_json
-from llavakit.serve.batch import GenParams, Row, generate_rows
+from llavakit.serve.batch import generate_rows
 from llavakit.serve.prompts import DEFAULT, PromptEncoder
+from llavakit.serve.rows import GenParams, Row
 
 HELP = """commands:
   /image PATH   chat about another image (starts a new conversation)

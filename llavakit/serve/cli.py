@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     eng.add_argument("--max-wait-ms", type=float, default=250.0,
                      help="but start a batch at most this long after its first request (default 250 ms)")
     eng.add_argument("--max-queue", type=int, default=64, help="waiting requests before 429 (default 64)")
+    eng.add_argument("--max-cohorts", type=int, default=4,
+                     help="batches generating at once, taking turns: arrivals never wait for a long batch (default 4)")
+    eng.add_argument("--slice-ms", type=float, default=100.0,
+                     help="a batch's turn while another one is active or waiting (default 100 ms)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -95,7 +99,8 @@ def config_from_args(args, model_id: str):
         images=ImagePolicy(max_pixels=args.max_image_pixels, max_bytes=body, local_root=root,
                            allow_remote=args.allow_remote_images,
                            allow_private_hosts=args.allow_private_image_hosts),
-        engine=EngineConfig(args.max_batch_size, args.batch_window_ms, args.max_queue, args.max_wait_ms),
+        engine=EngineConfig(args.max_batch_size, args.batch_window_ms, args.max_queue, args.max_wait_ms,
+                            args.max_cohorts, args.slice_ms),
     )
 
 

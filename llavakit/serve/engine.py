@@ -1,13 +1,17 @@
 """The serving engine: a bounded queue and one worker thread that batches requests.
 
-Micro-batching: the worker blocks for the first queued request, then keeps collecting while
-requests keep coming — until none arrived for ``batch_window_ms`` and none is being prepared (the
-API announces requests whose images are still being decoded with :meth:`Engine.preparing`),
-``max_wait_ms`` passed since the first, or ``max_batch_size`` are in hand — and runs
-them through one :func:`~llavakit.serve.batch.generate_rows` call — so every model call happens on
+Micro-batching: when idle, the worker blocks for the first queued request, then keeps collecting
+while requests keep coming — until none arrived for ``batch_window_ms`` and none is being prepared
+(the API announces requests whose images are still being decoded with :meth:`Engine.preparing`),
+``max_wait_ms`` passed since the first, or ``max_batch_size`` are in hand. Those rows become one
+:class:`~llavakit.serve.batch.Cohort` (one batched ``generate``), so every model call happens on
 this one thread. Rows keep their own sampling, stops and streams; a row finishing early is reported
-at once (its client gets its answer before the rest of the batch ends); a cancelled row (client
-gone) stops at the next step and the batch ends when all its rows are done or cancelled.
+at once; a cancelled row (client gone) stops at the next step.
+
+No head-of-line blocking: requests that arrive while a cohort runs form a new cohort at once (up to
+``max_cohorts``), and the worker takes turns — each cohort runs ``slice_ms`` (then pauses at its
+next token, keeping its KV cache) while another is active or waiting. A 2-token request behind a
+1,000-token one is answered after one slice, not after the long batch ends.
 
 ``submit`` raises :class:`QueueFull` when ``max_queue`` requests are already waiting (the API turns
 it into 429 + Retry-After). :meth:`Engine.stats` counts batches by size — tests assert batching by
@@ -26,7 +30,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 from llavakit.errors import LlavakitError
-from llavakit.serve.batch import Row, RowResult, generate_rows
+from llavakit.serve.batch import Cohort
+from llavakit.serve.rows import Row, RowResult
 
 log = logging.getLogger("llavakit.serve")
 
@@ -37,10 +42,13 @@ class EngineConfig:
     batch_window_ms: float = 20.0  # collect while requests arrive less than this apart ...
     max_queue: int = 64  # requests waiting (not yet running); more → QueueFull
     max_wait_ms: float = 250.0  # ... but start at most this long after the first one arrived
+    max_cohorts: int = 4  # batches generating at once, taking turns
+    slice_ms: float = 100.0  # a cohort's turn while another one is active or waiting
 
     def __post_init__(self):
-        if self.max_batch_size < 1 or self.max_queue < 1 or self.batch_window_ms < 0 or self.max_wait_ms < 0:
-            raise LlavakitError("engine: max_batch_size and max_queue must be >= 1, the waits >= 0")
+        if min(self.max_batch_size, self.max_queue, self.max_cohorts) < 1 or \
+                min(self.batch_window_ms, self.max_wait_ms, self.slice_ms) < 0:
+            raise LlavakitError("engine: max_batch_size, max_queue and max_cohorts must be >= 1, the times >= 0")
 
 
 class QueueFull(LlavakitError):
@@ -149,12 +157,21 @@ class Engine:
 
     # --- the worker ---------------------------------------------------------------------------
 
-    def _collect(self) -> list[tuple[Row, Listener]]:
+    def _collect(self, wait: bool) -> list[tuple[Row, Listener]]:
+        """The next batch: blocking for its first request when ``wait`` (nothing is running), else
+        only what is queued right now (a running cohort must not stall for arrivals)."""
         try:
-            first = self._queue.get(timeout=0.2)
+            first = self._queue.get(timeout=0.2) if wait else self._queue.get_nowait()
         except queue.Empty:
             return []
         batch = [first]
+        if not wait:
+            while len(batch) < self.config.max_batch_size:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            return batch
         gap = self.config.batch_window_ms / 1000.0
         latest = time.monotonic() + max(gap, self.config.max_wait_ms / 1000.0)
         while len(batch) < self.config.max_batch_size:
@@ -169,19 +186,31 @@ class Engine:
         return batch
 
     def _work(self) -> None:
-        while not self._closed.is_set():
-            batch = self._collect()
-            if not batch:
+        active: list[tuple[Cohort, list[tuple[Row, Listener]]]] = []  # taking turns, the next one first
+        while active or not self._closed.is_set():
+            if not self._closed.is_set() and len(active) < self.config.max_cohorts:
+                batch = self._collect(wait=not active)
+                if batch:
+                    active.append((Cohort(self.model, [row for row, _ in batch]), batch))
+                    with self._lock:
+                        self._batch_sizes[len(batch)] += 1
+            if not active:
                 continue
-            rows = [row for row, _ in batch]
+            cohort, batch = active.pop(0)
             with self._lock:
-                self._running = len(rows)
-                self._batch_sizes[len(rows)] += 1
+                self._running = sum(len(c.unfinished()) for c, _ in active) + len(cohort.unfinished())
             start = time.monotonic()
+            turn = self.config.slice_ms / 1000.0
+
+            def others_wait() -> bool:
+                return time.monotonic() - start >= turn and bool(
+                    active or (self._queue.qsize() and len(active) + 1 < self.config.max_cohorts))
+
             try:
-                generate_rows(self.model, rows)
+                if not cohort.advance(others_wait):
+                    active.append((cohort, batch))  # its turn is over: to the back of the line
             except Exception as exc:  # reported to every unfinished request; the engine keeps serving
-                log.exception("generation failed for a batch of %d", len(rows))
+                log.exception("generation failed for a batch of %d", len(batch))
                 with self._lock:
                     self._counts["batch_errors"] += 1
                 for row, listener in batch:
@@ -190,7 +219,7 @@ class Engine:
             finally:
                 elapsed = time.monotonic() - start
                 with self._lock:
-                    self._running = 0
+                    self._running = sum(len(c.unfinished()) for c, _ in active)
                     self._recent_batch_seconds = 0.7 * self._recent_batch_seconds + 0.3 * elapsed
 
     # --- state --------------------------------------------------------------------------------
@@ -211,7 +240,7 @@ class Engine:
             }
 
     def close(self, timeout: float = 5.0) -> None:
-        """Stop taking requests; queued ones are cancelled; the running batch finishes."""
+        """Stop taking requests; queued ones are cancelled; running cohorts finish (within ``timeout``)."""
         self._closed.set()
         while True:
             try:

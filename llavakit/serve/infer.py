@@ -45,12 +45,13 @@ import zlib
 from pathlib import Path
 from typing import Sequence
 
-from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image
 from llavakit.conversation.templates import USER, Message
 from llavakit.errors import DataError, LlavakitError
+from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image
 from llavakit.io import read_jsonl_log
-from llavakit.serve.batch import GenParams, Row, generate_rows
+from llavakit.serve.batch import generate_rows
 from llavakit.serve.prompts import DEFAULT, PromptEncoder
+from llavakit.serve.rows import GenParams, Row
 
 
 def read_questions(path: str | Path) -> list[dict]:
@@ -142,7 +143,6 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
                   skip_bad_images: bool = False, max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> Path:
     """Answer ``questions`` in batches into ``out_path`` (see the module docstring)."""
     from llavakit.progress import bar as progress_bar
-
     from llavakit.serve.models import accepts_images
 
     if batch_size < 1:

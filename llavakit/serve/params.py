@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from llavakit.serve.batch import GenParams
 from llavakit.serve.errors import bad
+from llavakit.serve.rows import GenParams
 
 HONOURED = {
     "model": "the served model's id (404 otherwise)",

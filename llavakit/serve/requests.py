@@ -17,12 +17,12 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from llavakit.errors import LlavakitError
-from llavakit.serve.batch import Row, RowResult
 from llavakit.serve.engine import Engine, EngineClosed, QueueFull
 from llavakit.serve.errors import ApiError, bad
 from llavakit.serve.image_input import decode_image, fetch_bytes
 from llavakit.serve.models import accepts_images
 from llavakit.serve.prompts import DEFAULT, PromptEncoder
+from llavakit.serve.rows import Row, RowResult
 from llavakit.serve.schema import ChatRequest, CompletionRequest, parse_chat_request, parse_completion_request
 
 

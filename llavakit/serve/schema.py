@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 from llavakit.conversation.processor import place_image
 from llavakit.conversation.templates import ASSISTANT, USER, Message
-from llavakit.serve.batch import GenParams
 from llavakit.serve.errors import ApiError, bad  # noqa: F401  (re-exported: the API's error type)
 from llavakit.serve.params import Limits, check_names, parse_params  # noqa: F401  (Limits re-exported)
+from llavakit.serve.rows import GenParams
 
 
 @dataclass
