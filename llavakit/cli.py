@@ -37,6 +37,7 @@ VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
         "scienceqa": ("llavakit.eval.scienceqa", "ScienceQA accuracy by subject/context/grade, ensembles"),
     },
     "export": ("llavakit.interop.cli", "export a llavakit checkpoint to other formats"),
+    "merge-lora": ("llavakit.interop.merge", "merge a PEFT LoRA adapter into a plain llavakit checkpoint"),
 }
 
 

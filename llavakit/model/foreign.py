@@ -34,7 +34,8 @@ from llavakit.model.spec import ModelSpec, read_json
 
 TEXT_MODEL_TYPES = {"llava_llama": "llama", "llava_mistral": "mistral",
                     "LlavaLlamaForCausalLM": "llama", "LlavaMistralForCausalLM": "mistral"}
-PROJECTOR_PREFIXES = ("model.mm_projector.", "mm_projector.", "multi_modal_projector.", "model.multi_modal_projector.")
+PROJECTOR_PREFIXES = ("base_model.model.model.mm_projector.", "model.mm_projector.", "mm_projector.",
+                      "multi_modal_projector.", "model.multi_modal_projector.")  # the first: LoRA releases
 
 
 def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -61,13 +62,16 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def projector_tensors(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
-    """The projector's own keys (``0.weight``, ...; ``linear_1`` / ``linear_2`` → ``0`` / ``2``)."""
+    """The projector's own keys (``0.weight``, ...; ``linear_1`` / ``linear_2`` → ``0`` / ``2``). When
+    some keys carry a projector prefix, only those are the projector's (a LoRA release's
+    ``non_lora_trainables.bin`` may hold other tensors beside it); else every key is."""
+    prefixed = any(key.startswith(PROJECTOR_PREFIXES) for key in state)
     out = {}
     for key, value in state.items():
-        for prefix in PROJECTOR_PREFIXES:
-            if key.startswith(prefix):
-                key = key[len(prefix):]
-                break
+        prefix = next((p for p in PROJECTOR_PREFIXES if key.startswith(p)), None)
+        if prefixed and prefix is None:
+            continue
+        key = key[len(prefix):] if prefix else key
         out[key.replace("linear_1.", "0.").replace("linear_2.", "2.")] = value
     if not out:
         raise LlavakitError(f"{source}: holds no projector tensors")
