@@ -165,11 +165,23 @@ def test_shipped_accelerate_configs_pass_accelerates_launch_validation():
         kinds[name] = (args.multi_gpu, args.use_fsdp, args.use_deepspeed, args.cpu)
         if name == "fsdp":
             env = prepare_multi_gpu_env(args)
-            assert env["FSDP_VERSION"] == "2" and env["FSDP_TRANSFORMER_CLS_TO_WRAP"] == "LlamaDecoderLayer"
+            assert env["FSDP_VERSION"] == "2" and env["FSDP_AUTO_WRAP_POLICY"] == "TRANSFORMER_BASED_WRAP"
+            assert "FSDP_TRANSFORMER_CLS_TO_WRAP" not in env  # no LM's class is written into the file
+            fsdp_env = env
         if name.startswith("deepspeed"):
             assert args.zero_stage == int(name[-1])
     assert kinds == {"ddp": (True, False, False, False), "fsdp": (False, True, False, False),
                      "deepspeed-zero2": (False, False, True, False), "deepspeed-zero3": (False, False, True, False)}
+    # accelerate wraps the model's _no_split_modules: the LM's decoder layer and the tower's encoder layer
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils import patch_environment
+
+    from llavakit.model import load_model
+
+    with patch_environment(**{k: v for k, v in fsdp_env.items() if k.startswith(("FSDP", "ACCELERATE"))}):
+        plugin = FullyShardedDataParallelPlugin()
+        plugin.set_auto_wrap_policy(load_model("tiny-random"))
+    assert {"LlamaDecoderLayer", "CLIPEncoderLayer"} <= set(plugin.transformer_cls_names_to_wrap)
 
 
 def test_a_malformed_data_file_fails_before_any_model_loads(tmp_path, monkeypatch):

@@ -36,6 +36,16 @@ class LlavaOutput:
 class LlavaModel(EmbedsGeneration, nn.Module):
     checkpoint_dir = None  # set by from_pretrained: the directory this model was loaded from
 
+    @property
+    def _no_split_modules(self) -> list[str]:
+        """Blocks kept whole when sharding: the LM's own (and a transformers tower's), so FSDP's
+        TRANSFORMER_BASED_WRAP finds the decoder layer of whatever LM this is (accelerate reads
+        this attribute when its config names no class)."""
+        names: list[str] = []
+        for part in (self.language_model, getattr(self.vision_tower, "model", None)):
+            names += sorted(getattr(part, "_no_split_modules", None) or [])
+        return list(dict.fromkeys(names))
+
     def __init__(self, config: LlavaConfig, vision_tower, language_model, tokenizer, projector: nn.Module | None = None):
         super().__init__()
         self.config = config
