@@ -173,6 +173,7 @@ def test_auto_template_uses_the_chat_template_when_the_tokenizer_has_one(fresh_t
     m = fresh_tiny_model
     cfg = copy_config(m.config, template="auto")
     assert LlavaModel(cfg, m.vision_tower, m.language_model, m.tokenizer).config.template == "chat_template"
+    assert cfg.template == "auto"  # the caller's config is not changed
     m.tokenizer.chat_template = None  # an LM without a chat template (e.g. a base model) gets vicuna_v1
     cfg = copy_config(m.config, template="auto")
     plain = LlavaModel(cfg, m.vision_tower, m.language_model, m.tokenizer)

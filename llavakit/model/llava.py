@@ -7,7 +7,7 @@ LM head only at supervised positions: no vocabulary logits for image and prompt 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +47,12 @@ class LlavaModel(EmbedsGeneration, nn.Module):
         return list(dict.fromkeys(names))
 
     def __init__(self, config: LlavaConfig, vision_tower, language_model, tokenizer, projector: nn.Module | None = None):
+        """Compose the parts. ``config`` is not changed (the model keeps a copy with its template
+        resolved); ``tokenizer`` becomes the model's: its image token (and a pad token, if it had
+        none) are added."""
         super().__init__()
-        self.config = config
+        config = replace(config, template=resolve_template(config.template, tokenizer))
+        self.config = config  # checkpoints record the resolved template name
         self.vision_tower = vision_tower
         self.language_model = language_model
         self.tokenizer = tokenizer
@@ -64,7 +68,11 @@ class LlavaModel(EmbedsGeneration, nn.Module):
         self.projector.to(dtype=language_model.dtype)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        config.template = resolve_template(config.template, tokenizer)  # checkpoints record the resolved name
+        self.processor = self.make_processor()
+
+    def set_template(self, template: str) -> None:
+        """Talk with ``template`` from now on (a stage-2 run's model keeps the template it was tuned with)."""
+        self.config = replace(self.config, template=resolve_template(template, self.tokenizer))
         self.processor = self.make_processor()
 
     def make_processor(self, template: str | None = None, system_prompt: str | None = None) -> Processor:

@@ -44,8 +44,7 @@ def _load_model(cfg: TrainConfig, mixed: str, device_type: str = "cpu"):
     template = cfg.template or stage.template or model.config.template
     processor = model.make_processor(template)
     if stage.artifact == "model":  # the checkpoint records the template it was tuned with
-        model.config.template = template
-        model.processor = processor
+        model.set_template(template)
     summary = freeze_for_stage(model, cfg)
     attention = train_attention(cfg, device_type, mixed, model.language_model.config._attn_implementation)
     if not stage.trains_lm and mixed == "bf16":
