@@ -16,12 +16,15 @@ from reference_generation import prepare
 IMAGE = Image.new("RGB", (40, 30), (200, 40, 40))
 
 
-def _export(tmp_path, template, system_prompt=None):
+def _export(tmp_path, template, system_prompt=None, adds_bos=False):
     from transformers import AutoProcessor
 
     cfg = get_preset("tiny-random")
     cfg.template, cfg.system_prompt = template, system_prompt
     model = build_model(cfg).eval()
+    if adds_bos:  # a SentencePiece-style (Llama / Vicuna) tokenizer: it puts <s> first itself
+        model.tokenizer.add_bos_token = True
+        model.set_template(template)  # a processor that sees the tokenizer as it now is
     export_hf_llava(model, tmp_path / "hf")
     return model, AutoProcessor.from_pretrained(tmp_path / "hf")
 
@@ -53,6 +56,21 @@ def test_apply_chat_template_gives_llavakits_ids(tmp_path, template):
     theirs = _theirs(processor, MULTI_TURN)["input_ids"][0].tolist()
     assert theirs == _ours(model, [("user", "<image>\nWhat is in the picture?"), ("assistant", "A red square."),
                                    ("user", "And its size?")])
+
+
+@pytest.mark.parametrize("template", ["chat_template", "v0", "vicuna_v1", "plain"])
+def test_a_tokenizer_that_adds_bos_itself_gets_exactly_one(tmp_path, template):
+    model, processor = _export(tmp_path, template, adds_bos=True)
+    bos = model.tokenizer.bos_token_id
+    if template == "plain":
+        theirs = _theirs(processor, [{"role": "user", "content": [{"type": "image"}]}])["input_ids"][0].tolist()
+        ours = _ours(model, [("user", "<image>")])
+    else:
+        theirs = _theirs(processor, MULTI_TURN)["input_ids"][0].tolist()
+        ours = _ours(model, [("user", "<image>\nWhat is in the picture?"), ("assistant", "A red square."),
+                             ("user", "And its size?")])
+    assert theirs == ours
+    assert theirs[0] == bos and theirs.count(bos) == 1  # first, and once
 
 
 def test_a_system_message_and_a_models_system_prompt_are_rendered_as_llavakit_does(tmp_path):
