@@ -1,19 +1,19 @@
-"""Head-of-line blocking in the serving engine: how long a short request waits behind a long one.
+"""Head-of-line blocking in the serving engine: short requests mixed with long ones.
 
-One model, one engine per arm, the same two requests: a long answer (``--long`` tokens; EOS is
-banned by a logit bias so it really is that long) and, once the long one has streamed a few
-tokens, a short question (``--short`` tokens). Arms:
+One model, one engine per arm, the same load: ``--long`` requests of ``--long-tokens`` tokens
+(EOS banned by a logit bias, so they really are that long) start first; once they stream, a short
+request (``--short-tokens``) arrives every ``--gap`` seconds, ``--shorts`` in all. Arms:
 
-- ``one batch at a time`` (``max_cohorts=1``): the engine before turn-taking — the short request
-  waits in the queue until the long batch ends;
-- ``taking turns`` (the default ``max_cohorts=4``, ``slice_ms=100``): the short request forms its
-  own batch at once and the two alternate.
+- ``one batch at a time`` (``max_cohorts=1``): the engine before turn-taking — a short request
+  that arrives while a batch runs waits in the queue until that batch ends;
+- ``taking turns`` (the default ``max_cohorts=4``, ``slice_ms=100``): arrivals form a batch at once
+  and the batches alternate, pausing at token boundaries with their KV caches kept.
 
-Printed per arm: the short request's latency (submit → answer), the long one's total time and
-both answers' token counts, measured in one run on this machine (alternating arms, ``--rounds``).
+Printed per arm (median over ``--rounds``, arms alternating, one run on this machine): the short
+requests' latency p50 / p95 (submit → answer), the long requests' time, and the tokens generated.
 
-    python benchmarks/head_of_line.py                  # nano, 300 + 2 tokens, 2 rounds
-    python benchmarks/head_of_line.py --model tiny-random --long 1000
+    python benchmarks/head_of_line.py                        # nano: 1 x 300 tokens, 6 shorts of 2 tokens
+    python benchmarks/head_of_line.py --model tiny-random --long-tokens 1000
 """
 
 from __future__ import annotations
@@ -24,49 +24,67 @@ import threading
 import time
 
 
-def measure(model, encoder, cohorts: int, long_tokens: int, short_tokens: int) -> dict:
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(model, encoder, cohorts: int, a) -> dict:
     from llavakit.conversation.templates import Message
     from llavakit.serve.engine import Engine, EngineConfig
     from llavakit.serve.rows import GenParams, Row
 
     no_eos = tuple((i, -100.0) for i in model.eos_ids())
     engine = Engine(model, EngineConfig(max_cohorts=cohorts))
-    streamed, done = [], {"long": threading.Event(), "short": threading.Event()}
-    times: dict[str, float] = {}
+    lock = threading.Lock()
+    sent: dict[str, float] = {}
+    answered: dict[str, float] = {}
     tokens: dict[str, int] = {}
+    events: dict[str, threading.Event] = {}
+    streamed = threading.Event()
 
-    def listener(name):
+    def submit(name: str, text: str, n: int) -> None:
+        events[name] = threading.Event()
+
         def on(kind, value):
-            if kind == "text" and name == "long":
-                streamed.append(value)
+            if kind == "text":
+                streamed.set()
             elif kind in ("done", "error"):
-                times[name] = time.perf_counter()
-                tokens[name] = getattr(value, "completion_tokens", -1)
-                done[name].set()
-        return on
+                with lock:
+                    answered[name] = time.perf_counter()
+                    tokens[name] = getattr(value, "completion_tokens", -1)
+                events[name].set()
+
+        ids = encoder.encode([Message("user", text)])
+        sent[name] = time.perf_counter()
+        engine.submit(Row(ids, None, GenParams(max_new_tokens=n, logit_bias=no_eos)), on)
 
     try:
-        start = time.perf_counter()
-        ids = encoder.encode([Message("user", "Tell me a long story about shapes and colours.")])
-        engine.submit(Row(ids, None, GenParams(max_new_tokens=long_tokens, logit_bias=no_eos)), listener("long"))
-        while len(streamed) < 3:
-            time.sleep(0.005)
-        sent = time.perf_counter()
-        ids = encoder.encode([Message("user", "Is the sky blue? Answer yes or no.")])
-        engine.submit(Row(ids, None, GenParams(max_new_tokens=short_tokens, logit_bias=no_eos)), listener("short"))
-        done["short"].wait(600)
-        done["long"].wait(600)
+        for i in range(a.long):
+            submit(f"long{i}", f"Tell me a long story about shapes and colours, part {i}.", a.long_tokens)
+        streamed.wait(600)
+        for i in range(a.shorts):
+            submit(f"short{i}", f"Is the square number {i} red? Answer yes or no.", a.short_tokens)
+            time.sleep(a.gap)
+        for event in events.values():
+            event.wait(900)
     finally:
         engine.close()
-    return {"short_latency_s": times["short"] - sent, "long_total_s": times["long"] - start,
-            "short_tokens": tokens["short"], "long_tokens": tokens["long"]}
+    short = [answered[n] - sent[n] for n in sent if n.startswith("short")]
+    long_ = [answered[n] - sent[n] for n in sent if n.startswith("long")]
+    return {"p50": percentile(short, 0.5), "p95": percentile(short, 0.95), "long": max(long_),
+            "short_tokens": sum(v for k, v in tokens.items() if k.startswith("short")),
+            "long_tokens": sum(v for k, v in tokens.items() if k.startswith("long"))}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="nano")
-    p.add_argument("--long", type=int, default=300)
-    p.add_argument("--short", type=int, default=2)
+    p.add_argument("--long", type=int, default=1, help="long requests, started first")
+    p.add_argument("--long-tokens", type=int, default=300)
+    p.add_argument("--shorts", type=int, default=6, help="short requests, one every --gap s once the long ones stream")
+    p.add_argument("--short-tokens", type=int, default=2)
+    p.add_argument("--gap", type=float, default=0.5)
     p.add_argument("--rounds", type=int, default=2)
     a = p.parse_args()
 
@@ -77,18 +95,19 @@ def main() -> None:
     encoder = PromptEncoder(model)
     arms = {"one batch at a time (max_cohorts=1)": 1, "taking turns (max_cohorts=4, slice 100 ms)": 4}
     results: dict[str, list[dict]] = {name: [] for name in arms}
-    measure(model, encoder, 4, 8, 2)  # warm-up
+    warm = argparse.Namespace(**{**vars(a), "long_tokens": 8, "shorts": 1, "gap": 0.0})
+    measure(model, encoder, 4, warm)
     for _ in range(a.rounds):
         for name, cohorts in arms.items():
-            results[name].append(measure(model, encoder, cohorts, a.long, a.short))
-    print(f"model {a.model}: a {a.short}-token request sent while a {a.long}-token answer streams "
-          f"(median of {a.rounds} rounds, arms alternating)\n")
-    print("| engine | short request latency (s) | long request total (s) | tokens (short / long) |")
-    print("| --- | --- | --- | --- |")
+            results[name].append(measure(model, encoder, cohorts, a))
+    print(f"model {a.model}: {a.long} x {a.long_tokens}-token answers streaming, then {a.shorts} requests of "
+          f"{a.short_tokens} tokens, one every {a.gap} s (median of {a.rounds} rounds, arms alternating)\n")
+    print("| engine | short requests p50 (s) | p95 (s) | long requests done after (s) | tokens (short / long) |")
+    print("| --- | --- | --- | --- | --- |")
     for name, rows in results.items():
-        short = statistics.median(r["short_latency_s"] for r in rows)
-        long_ = statistics.median(r["long_total_s"] for r in rows)
-        print(f"| {name} | {short:.2f} | {long_:.1f} | {rows[0]['short_tokens']} / {rows[0]['long_tokens']} |")
+        med = {k: statistics.median(r[k] for r in rows) for k in ("p50", "p95", "long")}
+        print(f"| {name} | {med['p50']:.2f} | {med['p95']:.2f} | {med['long']:.1f} | "
+              f"{rows[0]['short_tokens']} / {rows[0]['long_tokens']} |")
 
 
 if __name__ == "__main__":
