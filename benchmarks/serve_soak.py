@@ -158,9 +158,17 @@ def main() -> None:
     }
     codes = {key.split(" ", 1)[1] for key in result["status"]}
     result["only_200_and_429"] = codes <= {"200", "429"}
+    held = set(result["stalled_outcome"]) <= {"408", "closed"}
+    freed = not any(result["slots_at_end"].values())
     print(json.dumps(result, indent=2))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    if not (result["only_200_and_429"] and held and freed):
+        raise SystemExit("soak FAILED: " + "; ".join(why for why, bad in (
+            (f"client statuses {sorted(codes)}", not result["only_200_and_429"]),
+            (f"stalled uploads ended {result['stalled_outcome']}", not held),
+            (f"engine slots at the end {result['slots_at_end']}", not freed)) if bad))
+    print("soak passed: only 200 and 429 for the clients, every stalled upload ended by the server, slots free")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from reference_generation import answer
 from llavakit.cli import main
 from llavakit.conversation.processor import to_messages
 from llavakit.conversation.templates import Message
+from llavakit.errors import LlavakitError
 from llavakit.serve.chat import ChatSession, run_session
 from llavakit.serve.rows import GenParams
 
@@ -64,10 +65,10 @@ def test_commands_from_a_pipe(tiny_model, image_path, tmp_path):
 
 def test_text_only_chat_and_save_needs_turns(tiny_model, tmp_path):
     chat = session(tiny_model)
-    with pytest.raises(Exception, match="nothing to save"):
+    with pytest.raises(LlavakitError, match="nothing to save"):
         chat.save(str(tmp_path / "x.json"))
     assert chat.ask("hello") == answer(tiny_model, [Message("user", "hello")], max_new_tokens=6)
-    with pytest.raises(Exception, match="without <image>"):
+    with pytest.raises(LlavakitError, match="without <image>"):
         chat.ask("look at <image>")
 
 
