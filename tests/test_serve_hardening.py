@@ -8,6 +8,7 @@ import io
 import socket
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -43,7 +44,10 @@ def test_malformed_bodies_are_400_and_the_connection_stays_usable(server, name, 
         resp = post(client, server, body)
         assert resp.status_code == 400, resp.text
         assert needle in resp.json()["error"]["message"]
-        assert post(client, server, __import__("json").dumps(HELLO)).status_code == 200  # same connection
+        again = post(client, server, __import__("json").dumps(HELLO))
+        assert again.status_code == 200
+        local = [r.extensions["network_stream"].get_extra_info("client_addr") for r in (resp, again)]
+        assert local[0] == local[1]  # the same keep-alive connection, not a new one
 
 
 def _png(width: int, height: int) -> str:
@@ -76,15 +80,17 @@ def test_stalled_bodies_time_out_and_hold_no_slot(server):
                   b"Content-Length: 100\r\n\r\n{")
         stalled.append(s)
     try:
+        time.sleep(0.3)  # the four are being read by now (the body deadline is 1 s)
         assert httpx.post(server.url + "/v1/chat/completions", json=HELLO, timeout=60).status_code == 200
-        stalled[0].settimeout(30)
-        reply = ""
-        while "}}" not in reply:  # headers and body may arrive in separate packets
-            piece = stalled[0].recv(4096).decode()
-            if not piece:
-                break
-            reply += piece
-        assert reply.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in reply
+        for s in stalled:
+            s.settimeout(30)
+            reply = ""
+            while "}}" not in reply:  # headers and body may arrive in separate packets
+                piece = s.recv(4096).decode()
+                if not piece:
+                    break
+                reply += piece
+            assert reply.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in reply
     finally:
         for s in stalled:
             s.close()
