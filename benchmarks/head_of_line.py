@@ -4,10 +4,12 @@ One model, one engine per arm, the same load: ``--long`` requests of ``--long-to
 (EOS banned by a logit bias, so they really are that long) start first; once they stream, a short
 request (``--short-tokens``) arrives every ``--gap`` seconds, ``--shorts`` in all. Arms:
 
-- ``one batch at a time`` (``max_cohorts=1``): the engine before turn-taking — a short request
-  that arrives while a batch runs waits in the queue until that batch ends;
-- ``taking turns`` (the default ``max_cohorts=4``, ``slice_ms=100``): arrivals form a batch at once
-  and the batches alternate, pausing at token boundaries with their KV caches kept.
+- ``one batch at a time`` (``max_cohorts=1``, ``join_running=False``): the engine before
+  2026-12-06 — a short request that arrives while a batch runs waits until that batch ends;
+- ``taking turns`` (``join_running=False``, ``max_cohorts=4``, ``slice_ms=100``): arrivals form
+  their own batch at once and the batches alternate, pausing at token boundaries (KV caches kept);
+- ``joining the running batch`` (the default): arrivals are prefilled and then join the running
+  batch at the next step (continuous batching); finished rows leave it.
 
 Printed per arm (median over ``--rounds``, arms alternating, one run on this machine): the short
 requests' latency p50 / p95 (submit → answer), the long requests' time, and the tokens generated.
@@ -29,13 +31,13 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(model, encoder, cohorts: int, a) -> dict:
+def measure(model, encoder, engine_config: dict, a) -> dict:
     from llavakit.conversation.templates import Message
     from llavakit.serve.engine import Engine, EngineConfig
     from llavakit.serve.rows import GenParams, Row
 
     no_eos = tuple((i, -100.0) for i in model.eos_ids())
-    engine = Engine(model, EngineConfig(max_cohorts=cohorts))
+    engine = Engine(model, EngineConfig(**engine_config))
     lock = threading.Lock()
     sent: dict[str, float] = {}
     answered: dict[str, float] = {}
@@ -93,13 +95,15 @@ def main() -> None:
 
     model = load_model(a.model)
     encoder = PromptEncoder(model)
-    arms = {"one batch at a time (max_cohorts=1)": 1, "taking turns (max_cohorts=4, slice 100 ms)": 4}
+    arms = {"one batch at a time (max_cohorts=1, no joining)": dict(max_cohorts=1, join_running=False),
+            "taking turns (max_cohorts=4, slice 100 ms, no joining)": dict(join_running=False),
+            "joining the running batch (default)": dict()}
     results: dict[str, list[dict]] = {name: [] for name in arms}
     warm = argparse.Namespace(**{**vars(a), "long_tokens": 8, "shorts": 1, "gap": 0.0})
-    measure(model, encoder, 4, warm)
+    measure(model, encoder, {}, warm)
     for _ in range(a.rounds):
-        for name, cohorts in arms.items():
-            results[name].append(measure(model, encoder, cohorts, a))
+        for name, engine_config in arms.items():
+            results[name].append(measure(model, encoder, engine_config, a))
     print(f"model {a.model}: {a.long} x {a.long_tokens}-token answers streaming, then {a.shorts} requests of "
           f"{a.short_tokens} tokens, one every {a.gap} s (median of {a.rounds} rounds, arms alternating)\n")
     print("| engine | short requests p50 (s) | p95 (s) | long requests done after (s) | tokens (short / long) |")

@@ -74,6 +74,39 @@ def test_a_cohort_paused_every_few_steps_gives_the_same_tokens_and_streams(tiny_
     assert cohort.advance() is True and cohort.cache is None  # done: the cache is released
 
 
+def test_a_cohort_absorbs_another_mid_generation_and_every_row_keeps_its_answer(tiny_model, encoder):
+    img = Image.new("RGB", (50, 40), (200, 30, 10))
+    specs = [
+        ("<image>\nDescribe the picture.", img, dict(max_new_tokens=16)),
+        ("hello", None, dict(max_new_tokens=3)),  # finished before the merge: it leaves the batch
+        ("a much longer question so that the prompts differ in length", None,
+         dict(max_new_tokens=12, temperature=0.9, seed=5)),
+        ("<image>\nWhat?", img, dict(max_new_tokens=7)),
+    ]
+    alone = [generate_rows(tiny_model, [make_row(tiny_model, encoder, t, i, **p)[0]])[0] for t, i, p in specs]
+    made = [make_row(tiny_model, encoder, t, i, **p) for t, i, p in specs]
+    first = Cohort(tiny_model, [m[0] for m in made[:2]])
+    steps = {"n": 0}
+
+    def after(k):
+        def pause() -> bool:
+            steps["n"] += 1
+            return steps["n"] % k == 0
+        return pause
+
+    assert first.advance(after(5)) is False and made[1][2]  # "hello" (3 tokens) is done, the other is not
+    second = Cohort(tiny_model, [m[0] for m in made[2:]])
+    assert second.advance(lambda: True) is False  # its prefill and first token
+    assert first.mergeable() and second.mergeable()
+    first.absorb(second)
+    assert len(first.live) == 3 and first.embeds.shape[0] == 3  # the finished row left the batch
+    while not first.advance(after(4)):
+        pass
+    for (_, pieces, finished), want in zip(made, alone):
+        assert finished == [want]  # text, finish reason and token counts as when generated alone
+        assert "".join(pieces) == want.text
+
+
 def test_per_row_stop_strings_cut_the_answer(tiny_model, encoder):
     full = generate_rows(tiny_model, [make_row(tiny_model, encoder, "hello there", max_new_tokens=30)[0]])[0]
     stop = full.text[6:8]  # a piece of what greedy decoding produces

@@ -98,8 +98,9 @@ def test_full_queue_is_refused_and_cancel_frees_the_worker(tiny_model, row_for):
         engine.close()
 
 
-def test_a_short_request_is_not_held_behind_a_long_batch(tiny_model, row_for):
-    engine = Engine(tiny_model, EngineConfig(batch_window_ms=0, slice_ms=0))
+@pytest.mark.parametrize("join", [True, False], ids=["joins the running batch", "takes turns"])
+def test_a_short_request_is_not_held_behind_a_long_batch(tiny_model, row_for, join):
+    engine = Engine(tiny_model, EngineConfig(batch_window_ms=0, slice_ms=0, join_running=join))
     try:
         long_one, short = Collector(), Collector()
         handle = engine.submit(row_for("tell me everything", max_new_tokens=1000), long_one)
@@ -107,26 +108,33 @@ def test_a_short_request_is_not_held_behind_a_long_batch(tiny_model, row_for):
         engine.submit(row_for("hi", max_new_tokens=2), short)
         assert short.done.wait(60) and short.result.completion_tokens == 2
         assert not long_one.done.is_set()  # answered while the long one still runs, not after it
-        assert engine.stats()["batch_sizes"] == {"1": 2}  # two cohorts taking turns
+        stats = engine.stats()
+        assert stats["batch_sizes"] == {"1": 2}  # two arrivals ...
+        assert stats.get("joined_running", 0) == (1 if join else 0)  # ... merged into one batch, or taking turns
         handle.cancel()
         assert long_one.done.wait(60) and long_one.result.finish_reason == "cancelled"
     finally:
         engine.close()
 
 
-def test_taking_turns_gives_each_request_the_answer_it_gets_alone(tiny_model, row_for):
+@pytest.mark.parametrize("join", [True, False], ids=["joining", "taking turns"])
+def test_arrivals_mid_generation_get_the_answer_they_get_alone(tiny_model, row_for, join):
     from llavakit.serve.batch import generate_rows
 
-    engine = Engine(tiny_model, EngineConfig(batch_window_ms=0, slice_ms=0, max_batch_size=1))
+    engine = Engine(tiny_model, EngineConfig(batch_window_ms=0, slice_ms=0, max_batch_size=1 + 3 * join,
+                                             join_running=join))
     try:
-        specs = [("first question", 40), ("second", 9), ("third one here", 25)]
+        specs = [("first question", 60), ("second", 9), ("third one here", 25), ("a fourth", 12)]
         collectors = [Collector() for _ in specs]
-        for (text, n), c in zip(specs, collectors):
+        for i, ((text, n), c) in enumerate(zip(specs, collectors)):
             engine.submit(row_for(text, max_new_tokens=n), c)
+            if i < len(specs) - 1:  # the next one arrives while this one is generating
+                wait_for(lambda: len(c.texts) >= 2 or c.done.is_set())
         for (text, n), c in zip(specs, collectors):
             assert c.done.wait(60)
             assert c.result.text == generate_rows(tiny_model, [row_for(text, max_new_tokens=n)])[0].text
-            assert "".join(c.texts) == c.result.text
+            assert c.result.completion_tokens == n and "".join(c.texts) == c.result.text
+        assert (engine.stats().get("joined_running", 0) >= 2) == join
     finally:
         engine.close()
 

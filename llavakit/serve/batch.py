@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from llavakit.model.generation import CACHE_FIELD
@@ -65,9 +66,7 @@ class Cohort:
         for state in self.states:
             if state.row.cancel.is_set():
                 state.finish("cancelled", "")
-        self.live = [s for s in self.states if not s.done]
-        self.limit = max((s.row.params.max_new_tokens for s in self.live), default=0)
-        self.generated = 0  # tokens generated per row so far (finished rows get pads)
+        self.live = [s for s in self.states if not s.done]  # the rows of the batch tensors, in order
         self.embeds = self.mask = self.cache = None
 
     @property
@@ -89,15 +88,15 @@ class Cohort:
         processors = [RowSampler(self.live)] if any(s.generator is not None or s.row.params.adjusts_logits
                                                     for s in self.live) else []
         criteria = [RowTracker(self.live)] + ([_Pause(should_pause)] if should_pause else [])
+        remaining = max(s.row.params.max_new_tokens - len(s.tokens) for s in self.live if not s.done)
         out = model.generate_from_embeds(
-            self.embeds, self.mask, cache=self.cache, max_new_tokens=self.limit - self.generated,
+            self.embeds, self.mask, cache=self.cache, max_new_tokens=remaining,
             stopping_criteria=StoppingCriteriaList(criteria), logits_processor=LogitsProcessorList(processors),
             return_dict_in_generate=True,
         )
         new = out.sequences  # only the new tokens: generate started from embeddings
-        self.generated += new.shape[1]
-        if self.done or self.generated >= self.limit:
-            for state in self.live:  # generate ended at the longest row's limit
+        if self.done or new.shape[1] >= remaining:
+            for state in self.live:  # every row reached its own limit (RowTracker finished them): a no-op
                 state.finish("length")
             self.embeds = self.mask = self.cache = None  # the KV cache is freed with the cohort's end
             return True
@@ -105,6 +104,51 @@ class Cohort:
         self.embeds = torch.cat([self.embeds, model.language_model.get_input_embeddings()(new).to(self.embeds.dtype)], 1)
         self.mask = torch.cat([self.mask, torch.ones_like(new, dtype=self.mask.dtype)], 1)
         return False
+
+
+    # --- continuous batching: rows leave and join between slices --------------------------------
+
+    def mergeable(self) -> bool:
+        """Paused mid-generation with a KV cache of per-layer key/value tensors (the kind this merges)."""
+        layers = getattr(self.cache, "layers", None)
+        return not self.done and bool(layers) and all(
+            isinstance(getattr(layer, "keys", None), torch.Tensor) and not getattr(layer, "is_sliding", False)
+            for layer in layers)
+
+    def _keep(self, rows: list[int], start: int) -> None:
+        """Keep only batch rows ``rows`` and sequence positions from ``start`` on."""
+        index = torch.tensor(rows, device=self.mask.device)
+        self.embeds, self.mask = self.embeds[index, start:], self.mask[index, start:]
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+        self.live = [self.live[i] for i in rows]
+
+    def compact(self) -> None:
+        """Drop finished rows and the padding columns no row needs any more."""
+        rows = [i for i, s in enumerate(self.live) if not s.done]
+        start = int((self.mask[rows].sum(0) > 0).nonzero()[0]) if rows else 0
+        if rows and (len(rows) < len(self.live) or start > 0):
+            self._keep(rows, start)
+
+    def absorb(self, other: Cohort) -> None:
+        """Take ``other``'s live rows into this batch (both paused and :meth:`mergeable`): the shorter
+        sequence is left-padded (mask 0, zero keys and values), then the two are stacked."""
+        self.compact()
+        other.compact()
+        length = max(self.embeds.shape[1], other.embeds.shape[1])
+        pads = (length - self.embeds.shape[1], length - other.embeds.shape[1])  # the caches hold one less
+
+        def stack(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:  # dim: the sequence axis
+            shaped = [F.pad(t, (0, 0) * (t.dim() - 1 - dim) + (pad, 0)) for t, pad in zip((a, b), pads)]
+            return torch.cat(shaped, 0)
+
+        self.embeds, self.mask = stack(self.embeds, other.embeds, 1), stack(self.mask, other.mask, 1)
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys, mine.values = stack(mine.keys, theirs.keys, 2), stack(mine.values, theirs.values, 2)
+        self.live += other.live
+        self.states += other.states
+        other.embeds = other.mask = other.cache = None
+        other.live = []
 
 
 def generate_rows(model, rows: Sequence[Row]) -> list[RowResult]:

@@ -8,10 +8,13 @@ while requests keep coming — until none arrived for ``batch_window_ms`` and no
 this one thread. Rows keep their own sampling, stops and streams; a row finishing early is reported
 at once; a cancelled row (client gone) stops at the next step.
 
-No head-of-line blocking: requests that arrive while a cohort runs form a new cohort at once (up to
-``max_cohorts``), and the worker takes turns — each cohort runs ``slice_ms`` (then pauses at its
-next token, keeping its KV cache) while another is active or waiting. A 2-token request behind a
-1,000-token one is answered after one slice, not after the long batch ends.
+No head-of-line blocking (continuous batching): a running cohort pauses at the next token when a
+request is waiting; the request's prompt is run on its own (its prefill and first token) and then
+*joins* the running batch — the two KV caches are left-padded to one length and stacked
+(:meth:`~llavakit.serve.batch.Cohort.absorb`), and finished rows leave the batch at that moment.
+When the batch is full (``max_batch_size``) or its cache cannot be merged, the arrivals form a new
+cohort (up to ``max_cohorts``) and the cohorts take turns of ``slice_ms``. A 2-token request sent
+while a 1,000-token answer is written is answered within a few steps, not after the long one ends.
 
 ``submit`` raises :class:`QueueFull` when ``max_queue`` requests are already waiting (the API turns
 it into 429 + Retry-After). :meth:`Engine.stats` counts batches by size — tests assert batching by
@@ -44,6 +47,7 @@ class EngineConfig:
     max_wait_ms: float = 250.0  # ... but start at most this long after the first one arrived
     max_cohorts: int = 4  # batches generating at once, taking turns
     slice_ms: float = 100.0  # a cohort's turn while another one is active or waiting
+    join_running: bool = True  # arrivals join a running batch with room (continuous batching)
 
     def __post_init__(self):
         if min(self.max_batch_size, self.max_queue, self.max_cohorts) < 1 or \
@@ -157,16 +161,16 @@ class Engine:
 
     # --- the worker ---------------------------------------------------------------------------
 
-    def _collect(self, wait: bool) -> list[tuple[Row, Listener]]:
-        """The next batch: blocking for its first request when ``wait`` (nothing is running), else
-        only what is queued right now (a running cohort must not stall for arrivals)."""
+    def _collect(self, wait: bool, limit: int) -> list[tuple[Row, Listener]]:
+        """The next batch (at most ``limit``): blocking for its first request when ``wait`` (nothing
+        is running), else only what is queued right now (a running cohort must not stall for arrivals)."""
         try:
             first = self._queue.get(timeout=0.2) if wait else self._queue.get_nowait()
         except queue.Empty:
             return []
         batch = [first]
         if not wait:
-            while len(batch) < self.config.max_batch_size:
+            while len(batch) < limit:
                 try:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
@@ -174,7 +178,7 @@ class Engine:
             return batch
         gap = self.config.batch_window_ms / 1000.0
         latest = time.monotonic() + max(gap, self.config.max_wait_ms / 1000.0)
-        while len(batch) < self.config.max_batch_size:
+        while len(batch) < limit:
             left = latest - time.monotonic()
             wait = min(max(gap, 0.005) if self._preparing else gap, left)  # never a busy loop
             try:
@@ -185,15 +189,49 @@ class Engine:
                 break
         return batch
 
+    def _admit(self, batch: list[tuple[Row, Listener]], active: list) -> None:
+        """Arrivals join a paused cohort with room (after their own prefill), else start a cohort."""
+        cohort = Cohort(self.model, [row for row, _ in batch])
+        with self._lock:
+            self._batch_sizes[len(batch)] += 1
+        size = self.config.max_batch_size
+        host = next(((c, b) for c, b in active if c.mergeable() and len(c.unfinished()) + len(batch) <= size),
+                    None) if self.config.join_running else None
+        if host is not None:
+            try:
+                paused = not cohort.advance(lambda: True)  # the prompts and their first token
+            except Exception as exc:  # reported to these requests only; the running batch goes on
+                self._failed(batch, exc)
+                return
+            if not paused:
+                return  # answered already (one token, a stop, or cancelled)
+            if cohort.mergeable():
+                host[0].absorb(cohort)
+                host[1].extend(batch)
+                with self._lock:
+                    self._counts["joined_running"] += len(batch)
+                return
+        active.append((cohort, batch))
+
+    def _failed(self, batch: list[tuple[Row, Listener]], exc: Exception) -> None:
+        log.exception("generation failed for a batch of %d", len(batch))
+        with self._lock:
+            self._counts["batch_errors"] += 1
+        for row, listener in batch:
+            if not row.cancel.is_set() and not row.finished.is_set():
+                _notify(listener, "error", exc)
+
     def _work(self) -> None:
         active: list[tuple[Cohort, list[tuple[Row, Listener]]]] = []  # taking turns, the next one first
+        size, most = self.config.max_batch_size, self.config.max_cohorts
         while active or not self._closed.is_set():
-            if not self._closed.is_set() and len(active) < self.config.max_cohorts:
-                batch = self._collect(wait=not active)
+            room = size if len(active) < most else max(
+                (size - len(c.unfinished()) for c, _ in active if c.mergeable()), default=0) \
+                if self.config.join_running else 0
+            if not self._closed.is_set() and room > 0:
+                batch = self._collect(wait=not active, limit=room)
                 if batch:
-                    active.append((Cohort(self.model, [row for row, _ in batch]), batch))
-                    with self._lock:
-                        self._batch_sizes[len(batch)] += 1
+                    self._admit(batch, active)
             if not active:
                 continue
             cohort, batch = active.pop(0)
@@ -203,19 +241,16 @@ class Engine:
             turn = self.config.slice_ms / 1000.0
 
             def others_wait() -> bool:
-                return time.monotonic() - start >= turn and bool(
-                    active or (self._queue.qsize() and len(active) + 1 < self.config.max_cohorts))
+                if self._queue.qsize() and ((self.config.join_running and len(cohort.unfinished()) < size)
+                                            or len(active) + 1 < most):
+                    return True  # let the waiting request in at this step
+                return bool(active) and time.monotonic() - start >= turn
 
             try:
                 if not cohort.advance(others_wait):
                     active.append((cohort, batch))  # its turn is over: to the back of the line
             except Exception as exc:  # reported to every unfinished request; the engine keeps serving
-                log.exception("generation failed for a batch of %d", len(batch))
-                with self._lock:
-                    self._counts["batch_errors"] += 1
-                for row, listener in batch:
-                    if not row.cancel.is_set() and not row.finished.is_set():
-                        _notify(listener, "error", exc)
+                self._failed(batch, exc)
             finally:
                 elapsed = time.monotonic() - start
                 with self._lock:
