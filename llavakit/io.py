@@ -93,6 +93,25 @@ def atomic_directory(path: str | Path, keep_existing: bool = False) -> Iterator[
         tmp.rename(path)
 
 
+def read_json(path: str | Path, what: str = "file", object_only: bool = False) -> Any:
+    """A whole JSON file; every error names ``what`` and the file (missing, not UTF-8, invalid JSON
+    at line/column, and with ``object_only`` a top level that is not an object)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{what} {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what} {path}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise DataError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
+    if object_only and not isinstance(data, dict):
+        raise DataError(f"{what} {path}: the top level must be a JSON object, not {type(data).__name__}")
+    return data
+
+
 def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
     """JSON (UTF-8, not ASCII-escaped, newline-terminated), atomically."""
     separators = None if indent else (",", ":")

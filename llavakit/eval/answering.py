@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Sequence
 
 from llavakit.errors import ConfigError
-from llavakit.eval.records import read_json, read_jsonl, write_jsonl
+from llavakit.eval.records import read_jsonl, write_jsonl
 from llavakit.eval.report import write_json
+from llavakit.io import read_json
 
 
 def resolve_model(model):

@@ -16,18 +16,6 @@ from llavakit.errors import DataError
 from llavakit.io import atomic_write_jsonl, read_jsonl_log
 
 
-def read_json(path: str | Path, what: str = "file") -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} {path} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{what} {path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{what} {path}: not UTF-8 text ({exc.reason})") from None
-
-
 def read_jsonl(path: str | Path, what: str = "file", required: Iterable[str] = ()) -> list[dict]:
     """All records of a JSONL file; blank lines are allowed, anything else must be a JSON object
     holding the ``required`` keys."""

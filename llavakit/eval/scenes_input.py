@@ -13,8 +13,8 @@ import argparse
 from pathlib import Path
 
 from llavakit.datagen.facts import FactSet, load_facts
-from llavakit.eval.records import read_json
 from llavakit.errors import DataError
+from llavakit.io import read_json
 
 DEFAULT_HELDOUT_SEED = 1000  # `llavakit scenes` defaults to seed 0 for training scenes
 

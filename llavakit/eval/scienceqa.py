@@ -20,12 +20,13 @@ from pathlib import Path
 
 from llavakit.errors import ConfigError, DataError
 from llavakit.eval.judge import add_client_arguments, client_from_args
-from llavakit.eval.records import read_json, read_jsonl
+from llavakit.eval.records import read_jsonl
 from llavakit.eval.report import md_table, write_json, write_report
 from llavakit.eval.scienceqa_convert import LETTER_INSTRUCTION, to_questions
 from llavakit.eval.scienceqa_data import COLUMN_HELP, COLUMNS, load_problems, load_split, parse_format
 from llavakit.eval.scienceqa_ensemble import judge_ensemble
 from llavakit.eval.scienceqa_score import complement, predictions_from_answers, predictions_from_result, score
+from llavakit.io import read_json
 
 ENSEMBLES = ("complement", "judge")
 

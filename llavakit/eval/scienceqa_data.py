@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llavakit.errors import DataError
-from llavakit.eval.records import read_json
+from llavakit.io import read_json
 
 LETTERS = "ABCDE"
 SUBJECTS = {"natural science": "NAT", "social science": "SOC", "language science": "LAN"}

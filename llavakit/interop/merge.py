@@ -16,10 +16,10 @@ and ``llavakit export`` converts.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from llavakit.errors import ConfigError, LlavakitError
+from llavakit.io import read_json
 
 PROJECTOR_CANDIDATES = ("projector", "non_lora_trainables.bin")
 
@@ -34,10 +34,7 @@ def read_adapter_config(adapter: Path) -> dict:
     path = adapter / "adapter_config.json"
     if not path.is_file():
         raise ConfigError(f"adapter {adapter}: no adapter_config.json — not a PEFT adapter directory")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"adapter {path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    config = read_json(path, "adapter config", object_only=True)
     if config.get("peft_type") != "LORA":
         raise ConfigError(f"adapter {path}: peft_type is {config.get('peft_type')!r}; merge-lora merges LORA adapters")
     return config

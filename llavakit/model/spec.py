@@ -17,11 +17,11 @@ here with one line naming the ``model_type``. Dispatch is on exact ``model_type`
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from llavakit.io import read_json as read_json_file
 from llavakit.errors import LlavakitError
 
 Kind = Literal["preset", "llavakit", "hf-llava", "llava-original", "transformers-lm"]
@@ -49,13 +49,8 @@ class ModelSpec:
 
 
 def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LlavakitError(f"cannot read {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise LlavakitError(f"{path} is not a JSON object")
-    return data
+    """A checkpoint's JSON file (config, preprocessor config): an object, errors naming the file."""
+    return read_json_file(path, "checkpoint file", object_only=True)
 
 
 def resolve(spec: str) -> ModelSpec:
