@@ -47,7 +47,7 @@ def start_server(a) -> tuple[subprocess.Popen, str]:
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llavakit", "serve", a.model, "--port", str(port),
-                             "--log-level", "critical", "--body-timeout", str(a.body_timeout)])
+                             "--log-level", "critical", "--body-timeout", str(a.body_timeout), *a.server_args.split()])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--body-timeout", type=float, default=10.0)
+    p.add_argument("--server-args", default="", help="more `llavakit serve` options, e.g. \"--no-join-running\"")
     p.add_argument("--json", help="also write the figures here")
     a = p.parse_args()
 
@@ -148,7 +149,7 @@ def main() -> None:
         proc.wait(30)
     lat = sorted(out["latency"])
     result = {
-        "model": a.model, "clients": a.clients, "stalled": a.stalled, "seconds": a.seconds,
+        "model": a.model, "server_args": a.server_args, "clients": a.clients, "stalled": a.stalled, "seconds": a.seconds,
         "status": dict(sorted(out["status"].items())), "stalled_outcome": dict(out["stalled"]),
         "answered": len(lat), "p50_s": statistics.median(lat) if lat else None,
         "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,

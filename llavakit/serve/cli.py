@@ -65,6 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="batches generating at once, taking turns: arrivals never wait for a long batch (default 4)")
     eng.add_argument("--slice-ms", type=float, default=100.0,
                      help="a batch's turn while another one is active or waiting (default 100 ms)")
+    eng.add_argument("--no-join-running", action="store_true",
+                     help="arrivals never join a running batch (they form their own and take turns)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -100,7 +102,7 @@ def config_from_args(args, model_id: str):
                            allow_remote=args.allow_remote_images,
                            allow_private_hosts=args.allow_private_image_hosts),
         engine=EngineConfig(args.max_batch_size, args.batch_window_ms, args.max_queue, args.max_wait_ms,
-                            args.max_cohorts, args.slice_ms),
+                            args.max_cohorts, args.slice_ms, not args.no_join_running),
     )
 
 
