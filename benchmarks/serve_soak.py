@@ -120,7 +120,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0)
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--body-timeout", type=float, default=10.0)
-    p.add_argument("--server-args", default="", help="more `llavakit serve` options, e.g. \"--no-join-running\"")
+    p.add_argument("--server-args", default="", help="more `llavakit serve` options, e.g. --server-args=--no-join-running")
     p.add_argument("--json", help="also write the figures here")
     a = p.parse_args()
 
