@@ -31,6 +31,8 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw
 
+from served import launch  # this script's folder
+
 
 def synthetic_image(i: int) -> Image.Image:
     img = Image.new("RGB", (160, 120), ((40 * i) % 256, (90 + 30 * i) % 256, (200 - 20 * i) % 256))
@@ -96,27 +98,8 @@ def summarise(runs: list[dict]) -> dict:
 
 def start_server(args) -> tuple[subprocess.Popen, str]:
     """`llavakit serve` in its own process (clients and server do not share a GIL)."""
-    from llavakit.serve.cli import free_port
-
-    port = free_port()
-    cmd = [sys.executable, "-m", "llavakit", "serve", args.model, "--port", str(port), "--log-level", "warning",
-           "--max-batch-size", str(args.clients), "--batch-window-ms", str(args.batch_window_ms),
-           "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(max(64, args.requests))]
-    proc = subprocess.Popen(cmd)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with status {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.terminate()
-            raise SystemExit("the server did not come up within 300 s")
-        time.sleep(0.5)
+    return launch(args.model, ["--max-batch-size", str(args.clients), "--batch-window-ms", str(args.batch_window_ms),
+                               "--max-wait-ms", str(args.max_wait_ms), "--max-queue", str(max(64, args.requests))])
 
 
 def bench_serve(args) -> tuple[dict, dict, dict]:

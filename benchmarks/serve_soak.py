@@ -25,7 +25,6 @@ import random
 import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import httpx
 from serve_load import data_url, synthetic_image  # this script's folder
+from served import launch  # this script's folder
 
 
 def rss_mib(pid: int) -> float:
@@ -43,23 +43,7 @@ def rss_mib(pid: int) -> float:
 
 
 def start_server(a) -> tuple[subprocess.Popen, str]:
-    from llavakit.serve.cli import free_port
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llavakit", "serve", a.model, "--port", str(port),
-                             "--log-level", "critical", "--body-timeout", str(a.body_timeout), *a.server_args.split()])
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited with status {proc.returncode}")
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit("the server did not come up within 300 s")
+    return launch(a.model, ["--body-timeout", str(a.body_timeout), *a.server_args.split()], log_level="critical")
 
 
 def body(kind: str, i: int, model: str, max_tokens: int) -> dict:

@@ -102,6 +102,8 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
     assert two == pytest.approx(one, rel=1e-5)
     a, b = _final_trainable(tmp_path / "single"), _final_trainable(tmp_path / "ddp")
     for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=1e-6)
+        # gradients are all-reduced in another summation order; Adam divides by sqrt(v), so a weight
+        # whose gradient is near zero can move by a few 1e-6 differently (seen: 3.7e-6 of steps ~1e-2)
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=2e-5)
     shards = {p.name.split("-")[0] for p in (tmp_path / "f2").glob("*/shards/*.npy")}
     assert shards == {"r0", "r1"}  # each rank cached its share of the images
