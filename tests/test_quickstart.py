@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -121,3 +122,38 @@ def test_reproduce_tiny_rows_table_and_plot(tmp_path, cache_dir):
     assert (out / "reproduction.png").stat().st_size > 1000
     with pytest.raises(ConfigError, match="unknown row"):
         Reproduce(out, "tiny", rows=["nope"])
+
+
+def test_a_seed_draws_another_training_split_and_order_but_the_same_heldout(tmp_path, monkeypatch):
+    import llavakit.train
+
+    qs = Quickstart(tmp_path / "s3", "tiny", seed=3, progress=False)
+    qs.scenes()
+    base = Quickstart(tmp_path / "s0", "tiny", progress=False)
+    base.scenes()
+    names = lambda q, split: sorted(p.name for p in (q.paths[split] / "images").iterdir())  # noqa: E731
+    assert names(qs, "train") != names(base, "train")
+    assert names(qs, "heldout") == names(base, "heldout")
+    seen = []
+    monkeypatch.setattr(llavakit.train, "run", lambda cfg, resume: seen.append(cfg) or SimpleNamespace(to_dict=dict))
+    qs.train(2, [])
+    base.train(2, [])
+    assert [cfg.seed for cfg in seen] == [42 + 3, 42]
+
+
+def test_a_bad_seed_or_another_seeds_out_dir_is_refused(tmp_path):
+    for bad in (-1, 1000, 2.5, True):
+        with pytest.raises(ConfigError, match="--seed"):
+            Quickstart(tmp_path / "x", "tiny", seed=bad)
+    Quickstart(tmp_path, "tiny", seed=1).steps.claim()
+    with pytest.raises(ConfigError, match="other settings"):
+        Quickstart(tmp_path, "tiny", seed=2).steps.claim()
+
+
+def test_a_run_dir_recorded_before_seeds_is_seed_zero(tmp_path):
+    qs = Quickstart(tmp_path, "tiny")
+    old = {k: v for k, v in qs.steps.signature.items() if k != "seed"}
+    (tmp_path / "quickstart.json").write_text(json.dumps(old), encoding="utf-8")
+    qs.steps.claim()
+    with pytest.raises(ConfigError, match="other settings"):
+        Quickstart(tmp_path, "tiny", seed=5).steps.claim()

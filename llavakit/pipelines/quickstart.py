@@ -13,6 +13,8 @@ Steps (each resumable; a rerun skips finished steps and continues an interrupted
 
 Every step's result is written to ``OUT/steps/<step>.json`` (:class:`~llavakit.pipelines.steps.Steps`);
 how much each step does is a named :class:`Budget` (``--budget nano|tiny``: sizes and training overrides).
+``--seed S`` draws another training split, data, alignment and training order (the held-out split stays
+the same, so two seeds are compared on the same questions); ``S = 0`` is the run the docs report.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from llavakit.errors import ConfigError
 from llavakit.pipelines.steps import Steps
 
 STEPS = ("scenes", "data", "align", "stage1", "stage2", "eval", "report")
-HELDOUT_SEED = 1000  # disjoint from the training seed (0): see llavakit.datagen.scenes
+HELDOUT_SEED = 1000  # disjoint from every training seed (0-999): see llavakit.datagen.scenes
+TRAIN_SEED_BASE = 42  # TrainConfig's default seed; --seed S trains with 42 + S
 
 
 @dataclass
@@ -98,17 +101,21 @@ class Teacher:
 
 class Quickstart:
     def __init__(self, out: str | Path, budget_name: str = "nano", teacher: Teacher | None = None, progress: bool = True,
-                 budget: Budget | None = None):
+                 budget: Budget | None = None, seed: int = 0):
         """The budget ``BUDGETS[budget_name]``, or ``budget`` recorded under that name."""
         if budget is None and budget_name not in BUDGETS:
             raise ConfigError(f"unknown quickstart budget {budget_name!r}; known: {', '.join(BUDGETS)}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < HELDOUT_SEED:
+            raise ConfigError(f"--seed {seed!r}: must be an integer from 0 to {HELDOUT_SEED - 1} "
+                              f"({HELDOUT_SEED} draws the held-out split)")
+        self.seed = seed
         self.out = Path(out)
         self.budget_name = budget_name
         self.budget = budget or BUDGETS[budget_name]
         self.teacher = teacher or Teacher()
         self.progress = progress
         self.steps = Steps(self.out, {"budget_name": budget_name, "budget": asdict(self.budget),
-                                      "teacher": asdict(self.teacher)})
+                                      "teacher": asdict(self.teacher), "seed": seed})
         self.paths = {
             "train": self.out / "scenes" / "train",
             "heldout": self.out / "scenes" / "heldout",
@@ -127,7 +134,7 @@ class Quickstart:
         from llavakit.datagen.world import SceneConfig
 
         cfg = SceneConfig(min_objects=self.budget.min_objects, max_objects=self.budget.max_objects)
-        train = generate_scenes(self.paths["train"], self.budget.train_scenes, seed=0, cfg=cfg, progress=self.progress)
+        train = generate_scenes(self.paths["train"], self.budget.train_scenes, seed=self.seed, cfg=cfg, progress=self.progress)
         held = generate_scenes(self.paths["heldout"], self.budget.heldout_scenes, seed=HELDOUT_SEED, cfg=cfg,
                                progress=self.progress)
         return {"train": train.get("images", self.budget.train_scenes), "heldout": held.get("images", self.budget.heldout_scenes)}
@@ -138,14 +145,14 @@ class Quickstart:
         from llavakit.llm_client import LLMConfig
 
         train = self.paths["train"]
-        caps = build_caption_set(train / "captions.json", self.paths["captions"], seed=0, limit=self.budget.captions)
+        caps = build_caption_set(train / "captions.json", self.paths["captions"], seed=self.seed, limit=self.budget.captions)
         llm = None
         if self.teacher.kind == "openai":
             llm = LLMConfig(model=self.teacher.model, base_url=self.teacher.base_url, api_key_env=self.teacher.api_key_env)
         stats = run_datagen(DatagenConfig(
             captions=str(train / "captions.json"), instances=str(train / "instances.json"),
             out=str(self.paths["instruct"]), types=self.budget.types, teacher=self.teacher.kind,
-            vqa_questions=self.budget.vqa_questions, progress=self.progress, llm=llm,
+            vqa_questions=self.budget.vqa_questions, progress=self.progress, llm=llm, seed=self.seed,
         ))
         return {"captions": caps, "instruct": stats}
 
@@ -178,7 +185,8 @@ class Quickstart:
         cfg = build_config(
             {"model": model or self.budget.model, "output_dir": str(out)},
             overrides=[*base, f"data.path={data}", f"data.image_folder={self.paths['train'] / 'images'}",
-                       "checkpoint.every=25", "checkpoint.keep_last=1", f"progress={self.progress}", *overrides],
+                       "checkpoint.every=25", "checkpoint.keep_last=1", f"progress={self.progress}",
+                       f"seed={TRAIN_SEED_BASE + self.seed}", *overrides],
         )
         from llavakit.train import checkpoints as train_checkpoints
         from llavakit.train.precision import cpu_has_bf16
@@ -198,7 +206,7 @@ class Quickstart:
         train = self.paths["train"]
         cfg = build_align_config({"model": self.budget.model, "instances": str(train / "instances.json"),
                                   "image_folder": str(train / "images"), "output_dir": str(self.paths["align"]),
-                                  "progress": self.progress}, self.budget.align)
+                                  "progress": self.progress, "seed": self.seed}, self.budget.align)
         return run_alignment(cfg)
 
     def stage1(self) -> dict:
@@ -232,7 +240,7 @@ class Quickstart:
         from llavakit.pipelines.report import write_report
 
         steps = {name: self.steps.done(name) or {} for name in STEPS if name != "report"}
-        return write_report(self.out, self.budget_name, self.paths, steps, self.model_dir)
+        return write_report(self.out, self.budget_name, self.paths, steps, self.model_dir, self.seed)
 
     # --- driver -----------------------------------------------------------------------------
 
@@ -254,6 +262,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", help="OpenAI-compatible endpoint for --teacher openai")
     parser.add_argument("--model", dest="teacher_model", help="teacher model name for --teacher openai")
     parser.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var holding the teacher's API key")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="another training split, data and training order (0-999; the held-out split stays)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -261,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
     teacher = Teacher(args.teacher, args.base_url, args.teacher_model, args.api_key_env)
     if teacher.kind == "openai" and not teacher.model:
         raise ConfigError("--teacher openai needs --model (and --base-url for a server other than OpenAI)")
-    qs = Quickstart(args.out, args.budget, teacher, progress=not args.quiet)
+    qs = Quickstart(args.out, args.budget, teacher, progress=not args.quiet, seed=args.seed)
     start = time.time()
     qs.run(say=lambda text: print(f"llavakit quickstart: {text}", file=sys.stderr, flush=True))
     report = qs.steps.done("report") or {}

@@ -103,7 +103,8 @@ def plot_examples(details: list[dict], questions: dict[str, dict], image_root: P
     return _save(fig, out, 100)
 
 
-def write_report(out: Path, budget_name: str, paths: dict[str, Path], steps: dict[str, dict], model_dir: Path) -> dict:
+def write_report(out: Path, budget_name: str, paths: dict[str, Path], steps: dict[str, dict], model_dir: Path,
+                 seed: int = 0) -> dict:
     """Write ``out/report.md`` and its PNGs from a quickstart's ``paths`` and finished ``steps``
     (step name → its recorded result; ``{}`` for one not run)."""
     out_dir = out / "report"
@@ -127,7 +128,7 @@ def write_report(out: Path, budget_name: str, paths: dict[str, Path], steps: dic
                    for name in steps]
     total = sum((steps[n] or {}).get("_seconds", 0) for n in steps)
     timing_rows.append(["total", f"{total:.0f}", f"{max((steps[n] or {}).get('_peak_rss_mib', 0) for n in steps):.0f}"])
-    lines = [f"# llavakit quickstart — budget `{budget_name}`", ""]
+    lines = [f"# llavakit quickstart — budget `{budget_name}`" + (f", seed {seed}" if seed else ""), ""]
     img_acc = synth.get("conditions", {}).get("image", {}).get("accuracy")
     blind_acc = synth.get("conditions", {}).get("blind", {}).get("accuracy")
     para_acc = synth.get("conditions", {}).get("paraphrased", {}).get("accuracy")

@@ -43,6 +43,7 @@ class Steps:
             old = json.loads(path.read_text(encoding="utf-8"))
             if "preset" in old and "budget_name" not in old:  # written before the naming pass (2026-12-06)
                 old["budget_name"] = old.pop("preset")
+            old.setdefault("seed", 0)  # written before --seed (2026-12-06): seed 0
             if old != self.signature:
                 raise ConfigError(f"{self.out} holds a run with other settings (budget "
                                   f"{old.get('budget_name')!r}); use another --out or delete it")
