@@ -76,3 +76,65 @@ def test_exported_processor_gives_llavakits_pixels_for_a_non_square_image(tmp_pa
     assert theirs.shape == ours.shape
     std = torch.tensor(model.vision_tower.std).view(1, 3, 1, 1)
     assert ((theirs - ours).abs() * std).max() <= 2 / 255 + 1e-6  # within 2 of 255 levels, in 0-1 pixel units
+
+
+def _linear_model(vision_hidden: int = 32):
+    cfg = get_preset("tiny-random")
+    cfg.projector.kind = "linear"
+    cfg.vision.hf_config = {**cfg.vision.hf_config, "hidden_size": vision_hidden}
+    torch.manual_seed(0)
+    return build_model(cfg).eval()
+
+
+def test_linear_projector_exports_in_a_form_vllm_accepts_and_computes_the_same():
+    from llavakit.interop.hf_llava import VLLM_ACTIVATIONS, vllm_readiness
+
+    model = _linear_model()  # tower 32 wide, LM 64: 2 x 32 <= 64
+    hf = to_hf_llava(model)
+    assert hf.config.projector_hidden_act == "relu" and "relu" in VLLM_ACTIVATIONS
+    assert vllm_readiness(hf.config) is None
+    proj = hf.model.multi_modal_projector  # vLLM's LlavaMultiModalProjector has these shapes: d_v -> d_lm -> d_lm
+    assert proj.linear_1.weight.shape == (64, 32) and proj.linear_2.weight.shape == (64, 64)
+    x = torch.randn(3, 16, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(proj(x), model.projector(x), rtol=1e-5, atol=1e-5)
+        ours, theirs = model.projector.to(torch.bfloat16), proj.to(torch.bfloat16)
+        torch.testing.assert_close(theirs(x.bfloat16()).float(), ours(x.bfloat16()).float(), rtol=2e-2, atol=2e-2)
+
+
+def test_a_linear_projector_wider_than_half_the_lm_exports_for_transformers_and_says_why_not_vllm(tmp_path):
+    from llavakit.interop.hf_llava import vllm_readiness
+    from llavakit.model import load_model
+
+    model = _linear_model(vision_hidden=48)  # 2 x 48 > 64: no room for [x+; x-]
+    hf = to_hf_llava(model)
+    assert hf.config.projector_hidden_act == "linear"
+    assert "not in vLLM's activation registry" in vllm_readiness(hf.config)
+    x = torch.randn(2, 16, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(hf.model.multi_modal_projector(x), model.projector(x), rtol=1e-5, atol=1e-5)
+    export_hf_llava(model, tmp_path / "hf")
+    assert torch.equal(load_model(str(tmp_path / "hf")).projector.weight, model.projector.weight)
+
+
+def test_export_cli_tells_whether_vllm_loads_the_export(tmp_path, capsys):
+    from llavakit.cli import main
+
+    assert main(["export", "tiny-random", "--out", str(tmp_path / "hf")]) == 0
+    out = capsys.readouterr().out
+    assert f"vllm serve {tmp_path / 'hf'} --chat-template {tmp_path / 'hf'}/chat_template.jinja" in out
+    assert (tmp_path / "hf" / "chat_template.jinja").is_file()
+
+
+def test_a_relu_projector_that_is_not_a_linear_one_is_refused_on_import(tmp_path):
+    from llavakit.model import load_model
+
+    export_hf_llava(_linear_model(), tmp_path / "hf")
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "hf" / "model.safetensors")
+    key = next(k for k in weights if k.endswith("multi_modal_projector.linear_1.weight"))
+    weights[key] = weights[key] + 0.01  # a general relu MLP: no llavakit projector computes it
+    save_file(weights, tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(LlavakitError, match="projector_hidden_act 'relu' has no llavakit projector"):
+        load_model(str(tmp_path / "hf"))

@@ -1,15 +1,21 @@
 """Export a llavakit checkpoint to transformers' ``LlavaForConditionalGeneration``.
 
 The exported directory loads with ``LlavaForConditionalGeneration.from_pretrained`` and
-``AutoProcessor.from_pretrained`` (and so in engines that read that format, e.g. vLLM). What maps:
+``AutoProcessor.from_pretrained``, and is laid out as vLLM's ``LlavaForConditionalGeneration`` reads it
+(see :func:`vllm_readiness`). What maps:
 
 - tower: a transformers CLIP / SigLIP vision model (``vision.kind == "hf"``). EfficientNet towers
   (the ``nano`` preset) have no transformers Llava equivalent — export refuses them by name;
   their language model alone is a plain transformers model in ``<checkpoint>/language_model``.
 - feature layer → ``vision_feature_layer``; ``patch`` on a CLS model → strategy ``default``
   (drops CLS); otherwise ``full``.
-- projector: ``mlp2x_gelu`` maps 1:1; ``linear`` maps exactly as linear_1 = W with the identity
-  activation and linear_2 = I; deeper MLPs have no equivalent and are refused.
+- projector: ``mlp2x_gelu`` maps 1:1; deeper MLPs have no equivalent and are refused. ``linear``
+  (y = Wx + b) must pass through Llava's fixed shape linear_1: d_vision → d_lm, act, linear_2:
+  d_lm → d_lm, and vLLM knows no identity activation (its registry: gelu, relu, silu, ... — no
+  ``linear``). When 2·d_vision ≤ d_lm (the paper's CLIP-L 1024 → 4096) it is written with ``relu``:
+  linear_1 = [I; −I; 0], bias 0, so relu gives [x⁺; x⁻; 0], and linear_2 = [W, −W, 0], bias b, which
+  gives W(x⁺ − x⁻) + b = Wx + b — the same products, summed in another order. A wider tower gets the
+  identity activation (``linear``: linear_1 = W, linear_2 = I), which transformers loads and vLLM does not.
 - the ``<image>`` token gets a row in the LM's embeddings (transformers embeds the placeholder id
   before replacing it); that row is suppressed in generation.
 
@@ -53,11 +59,31 @@ def _projector_state(model: LlavaModel) -> tuple[dict, str]:
             "linear_1.weight": first.weight, "linear_1.bias": first.bias,
             "linear_2.weight": second.weight, "linear_2.bias": second.bias,
         }, "gelu"
-    dim = proj.weight.shape[0]
+    w, b = proj.weight.detach(), proj.bias.detach()
+    d_lm, d_vision = w.shape
+    if 2 * d_vision <= d_lm:  # relu form (module docstring): loads in vLLM
+        eye = torch.eye(d_vision, dtype=w.dtype)
+        first = torch.cat([eye, -eye, eye.new_zeros(d_lm - 2 * d_vision, d_vision)])
+        second = torch.cat([w, -w, w.new_zeros(d_lm, d_lm - 2 * d_vision)], dim=1)
+        return {"linear_1.weight": first, "linear_1.bias": b.new_zeros(d_lm),
+                "linear_2.weight": second, "linear_2.bias": b}, "relu"
     return {
-        "linear_1.weight": proj.weight, "linear_1.bias": proj.bias,
-        "linear_2.weight": torch.eye(dim, dtype=proj.weight.dtype), "linear_2.bias": torch.zeros(dim, dtype=proj.weight.dtype),
+        "linear_1.weight": w, "linear_1.bias": b,
+        "linear_2.weight": torch.eye(d_lm, dtype=w.dtype), "linear_2.bias": torch.zeros(d_lm, dtype=w.dtype),
     }, "linear"
+
+
+# vLLM's activation registry (vllm/model_executor/layers/activation.py, `_ACTIVATION_REGISTRY`): the names its
+# LlavaMultiModalProjector accepts as ``projector_hidden_act``. Read from its source; vLLM cannot be installed here.
+VLLM_ACTIVATIONS = ("gelu", "gelu_fast", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "quick_gelu")
+
+
+def vllm_readiness(config) -> str | None:
+    """None if vLLM's Llava loads this exported ``LlavaConfig``, else why not (one line)."""
+    if config.projector_hidden_act not in VLLM_ACTIVATIONS:
+        return (f"projector_hidden_act {config.projector_hidden_act!r} is not in vLLM's activation registry "
+                "(a linear projector whose tower is wider than half the LM cannot be written with relu)")
+    return None
 
 
 def _pad_rows(weight: torch.Tensor, rows: int) -> torch.Tensor:
