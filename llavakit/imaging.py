@@ -19,6 +19,9 @@ from PIL import Image, ImageOps
 from llavakit.errors import DataError
 
 MODES = ("square", "pad", "resize")
+# what these functions compute, for caches of their results: bump when pixels change
+# (2: the pad colour is int(mean * 255), LLaVA's, instead of rounding)
+PREPROCESSING_VERSION = 2
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -96,7 +99,7 @@ def fit_square(img: Image.Image, size: int, mode: str, fill: Sequence[float] = (
         return img.resize((size, size), Image.Resampling.BICUBIC)
     if mode == "pad":
         side = max(w, h)
-        colour = tuple(int(round(c * 255)) for c in fill)
+        colour = tuple(int(c * 255) for c in fill)  # truncated, as LLaVA's expand2square and transformers do
         canvas = Image.new("RGB", (side, side), colour)
         canvas.paste(img, ((side - w) // 2, (side - h) // 2))
         return canvas.resize((size, size), Image.Resampling.BICUBIC)

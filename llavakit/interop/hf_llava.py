@@ -165,7 +165,7 @@ def _image_processor(mode: str, tower: HFVisionTower):
     size = tower.image_size
     common = dict(image_mean=list(tower.mean), image_std=list(tower.std), do_convert_rgb=True)
     if mode == "pad":
-        return LlavaImageProcessorPil(do_pad=True, background_color=tuple(int(round(c * 255)) for c in tower.mean),
+        return LlavaImageProcessorPil(do_pad=True, background_color=tuple(int(c * 255) for c in tower.mean),
                                       size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **common)
     if mode == "square":
         return CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size}, **common)

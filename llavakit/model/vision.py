@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from llavakit.imaging import to_tensor
+from llavakit.imaging import PREPROCESSING_VERSION, to_tensor
 from llavakit.errors import ConfigError, LlavakitError
 from llavakit.model.config import VisionConfig
 
@@ -67,6 +67,7 @@ class VisionTower(nn.Module):
             "layer": self.config.feature_layer,
             "select": self.config.feature_select,
             "mode": self.config.image_mode,
+            "preprocessing": PREPROCESSING_VERSION,
             "size": self.image_size,
             "mean": self.mean,
             "std": self.std,
