@@ -6,15 +6,19 @@ stalled uploads end inside the run). For ``--seconds``:
 - ``--clients`` threads loop over a seeded mix of requests: an image question, a text question,
   a streamed answer read to the end, and a streamed answer dropped after its first chunk (a client
   that disconnects);
-- ``--stalled`` raw connections each announce a body and send one byte of it, then stall.
+- ``--stalled`` raw connections each announce a body and send one byte of it, then stall (and,
+  once the server has ended one, open the next, until the time is up).
 
 Reported: the status codes seen (the target: only 200 and 429 for the clients, 408 or a closed
 connection for the stalled uploads), p50 / p95 latency of the answered requests, the server's
-resident memory at start, peak and end (sampled from /proc), and the engine's slots at the end
-(``running``, ``queued``, ``preparing`` all 0: nothing leaked).
+resident memory at start, peak and end (sampled from /proc) with a sample every ``--sample-every``
+seconds and the growth between the run's first and last quarter (peak of each: a leak shows as a
+last quarter above the first), and the engine's slots at the end (``running``, ``queued``,
+``preparing`` all 0: nothing leaked).
 
     python benchmarks/serve_soak.py                         # nano, 64 clients, 32 stalled, 60 s
     python benchmarks/serve_soak.py --model tiny-random --seconds 20
+    python benchmarks/serve_soak.py --seconds 1800 --sample-every 60   # half an hour: does memory grow?
 """
 
 from __future__ import annotations
@@ -96,6 +100,18 @@ def stalled_upload(port: int, out: dict, lock: threading.Lock, limit: float) -> 
         out["stalled"][outcome] += 1
 
 
+def stalled_loop(port: int, out: dict, lock: threading.Lock, stop: float, limit: float) -> None:
+    while time.monotonic() < stop:
+        stalled_upload(port, out, lock, limit)
+
+
+def quarter_growth(samples: list[list[int]], seconds: float) -> int | None:
+    """Peak RSS of the run's last quarter minus that of its first (None when a quarter has no sample)."""
+    first = [mib for t, mib in samples if t <= seconds / 4]
+    last = [mib for t, mib in samples if seconds * 3 / 4 <= t <= seconds]
+    return max(last) - max(first) if first and last else None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="nano")
@@ -105,6 +121,7 @@ def main() -> None:
     p.add_argument("--max-tokens", type=int, default=8)
     p.add_argument("--body-timeout", type=float, default=10.0)
     p.add_argument("--server-args", default="", help="more `llavakit serve` options, e.g. --server-args=--no-join-running")
+    p.add_argument("--sample-every", type=float, default=10.0, help="seconds between recorded RSS samples")
     p.add_argument("--json", help="also write the figures here")
     a = p.parse_args()
 
@@ -118,12 +135,18 @@ def main() -> None:
         peak = rss["start"]
         stop = time.monotonic() + a.seconds
         threads = [threading.Thread(target=client_loop, args=(url, a, i, stop, out, lock)) for i in range(a.clients)]
-        threads += [threading.Thread(target=stalled_upload, args=(port, out, lock, a.seconds + 30))
+        threads += [threading.Thread(target=stalled_loop, args=(port, out, lock, stop, a.body_timeout + 30))
                     for _ in range(a.stalled)]
+        began = time.monotonic()
+        samples, next_sample = [], began
         for t in threads:
             t.start()
         while any(t.is_alive() for t in threads):
-            peak = max(peak, rss_mib(proc.pid))
+            now_rss = rss_mib(proc.pid)
+            peak = max(peak, now_rss)
+            if time.monotonic() >= next_sample:
+                samples.append([round(time.monotonic() - began), round(now_rss)])
+                next_sample += a.sample_every
             time.sleep(0.5)
         time.sleep(1.0)
         engine = httpx.get(url + "/health", timeout=30).json()["engine"]
@@ -138,6 +161,7 @@ def main() -> None:
         "answered": len(lat), "p50_s": statistics.median(lat) if lat else None,
         "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
         "rss_mib": {k: round(v) for k, v in rss.items()},
+        "rss_growth_mib": quarter_growth(samples, a.seconds), "rss_samples": samples,
         "slots_at_end": {k: engine[k] for k in ("running", "queued", "preparing")},
         "batches": engine.get("batches"), "largest_batch": engine.get("largest_batch"),
     }
@@ -145,7 +169,8 @@ def main() -> None:
     result["only_200_and_429"] = codes <= {"200", "429"}
     held = set(result["stalled_outcome"]) <= {"408", "closed"}
     freed = not any(result["slots_at_end"].values())
-    print(json.dumps(result, indent=2))
+    print(json.dumps({k: v for k, v in result.items() if k != "rss_samples"}, indent=2))
+    print("rss samples [s, MiB]:", json.dumps(samples))
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=2), encoding="utf-8")
     if not (result["only_200_and_429"] and held and freed):
