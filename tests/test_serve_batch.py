@@ -100,6 +100,7 @@ def test_a_cohort_absorbs_another_mid_generation_and_every_row_keeps_its_answer(
     assert first.mergeable() and second.mergeable()
     first.absorb(second)
     assert len(first.live) == 3 and first.embeds.shape[0] == 3  # the finished row left the batch
+    assert len(first.states) == 3  # ... and the cohort: a busy server's cohort does not grow with every answer
     while not first.advance(after(4)):
         pass
     for (_, pieces, finished), want in zip(made, alone):

@@ -146,7 +146,9 @@ class Cohort:
         for mine, theirs in zip(self.cache.layers, other.cache.layers):
             mine.keys, mine.values = stack(mine.keys, theirs.keys, 2), stack(mine.values, theirs.values, 2)
         self.live += other.live
-        self.states += other.states
+        # finished rows have had their on_finish: a cohort that keeps absorbing arrivals (a busy server)
+        # must not keep them, or it grows with every request it ever answered
+        self.states = [st for st in (*self.states, *other.states) if not st.done]
         other.embeds = other.mask = other.cache = None
         other.live = []
 

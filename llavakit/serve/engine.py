@@ -207,7 +207,7 @@ class Engine:
                 return  # answered already (one token, a stop, or cancelled)
             if cohort.mergeable():
                 host[0].absorb(cohort)
-                host[1].extend(batch)
+                host[1][:] = [(r, li) for r, li in host[1] if not r.finished.is_set()] + batch  # bounded, as states
                 with self._lock:
                     self._counts["joined_running"] += len(batch)
                 return
