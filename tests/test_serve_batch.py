@@ -101,6 +101,8 @@ def test_a_cohort_absorbs_another_mid_generation_and_every_row_keeps_its_answer(
     first.absorb(second)
     assert len(first.live) == 3 and first.embeds.shape[0] == 3  # the finished row left the batch
     assert len(first.states) == 3  # ... and the cohort: a busy server's cohort does not grow with every answer
+    assert any(p.requires_grad for p in tiny_model.parameters())  # as loaded: trainable weights ...
+    assert first.embeds.grad_fn is None and not first.embeds.requires_grad  # ... but no graph grows with the cohort
     while not first.advance(after(4)):
         pass
     for (_, pieces, finished), want in zip(made, alone):

@@ -76,6 +76,7 @@ class Cohort:
     def unfinished(self) -> list[Row]:
         return [s.row for s in self.states if not s.done]
 
+    @torch.no_grad()  # a cohort may live for as long as the server is busy: no autograd graph may grow with it
     def advance(self, should_pause: Callable[[], bool] | None = None) -> bool:
         """Generate until every row is done (True) or ``should_pause()`` after a step (False)."""
         if self.done:
@@ -130,6 +131,7 @@ class Cohort:
         if rows and (len(rows) < len(self.live) or start > 0):
             self._keep(rows, start)
 
+    @torch.no_grad()
     def absorb(self, other: Cohort) -> None:
         """Take ``other``'s live rows into this batch (both paused and :meth:`mergeable`): the shorter
         sequence is left-padded (mask 0, zero keys and values), then the two are stacked."""
