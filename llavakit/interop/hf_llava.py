@@ -33,6 +33,7 @@ import torch
 
 from llavakit.errors import LlavakitError
 from llavakit.model.llava import LlavaModel
+from llavakit.model.projector import linear_as_relu_mlp
 from llavakit.model.vision import HFVisionTower
 
 
@@ -60,13 +61,10 @@ def _projector_state(model: LlavaModel) -> tuple[dict, str]:
             "linear_2.weight": second.weight, "linear_2.bias": second.bias,
         }, "gelu"
     w, b = proj.weight.detach(), proj.bias.detach()
-    d_lm, d_vision = w.shape
-    if 2 * d_vision <= d_lm:  # relu form (module docstring): loads in vLLM
-        eye = torch.eye(d_vision, dtype=w.dtype)
-        first = torch.cat([eye, -eye, eye.new_zeros(d_lm - 2 * d_vision, d_vision)])
-        second = torch.cat([w, -w, w.new_zeros(d_lm, d_lm - 2 * d_vision)], dim=1)
-        return {"linear_1.weight": first, "linear_1.bias": b.new_zeros(d_lm),
-                "linear_2.weight": second, "linear_2.bias": b}, "relu"
+    relu_form = linear_as_relu_mlp(w, b)  # loads in vLLM (module docstring)
+    if relu_form is not None:
+        return relu_form, "relu"
+    d_lm = w.shape[0]
     return {
         "linear_1.weight": w, "linear_1.bias": b,
         "linear_2.weight": torch.eye(d_lm, dtype=w.dtype), "linear_2.bias": torch.zeros(d_lm, dtype=w.dtype),

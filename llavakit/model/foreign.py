@@ -30,6 +30,7 @@ import torch
 
 from llavakit.errors import ConfigError, LlavakitError
 from llavakit.model.config import LlavaConfig, LMConfig, ProjectorConfig, VisionConfig
+from llavakit.model.projector import linear_from_relu_mlp
 from llavakit.model.spec import ModelSpec, read_json
 
 TEXT_MODEL_TYPES = {"llava_llama": "llama", "llava_mistral": "mistral",
@@ -140,7 +141,7 @@ def load_hf_llava(spec: ModelSpec):
                                                                           dtype=proj.linear_2.weight.dtype)) \
             and not state["linear_2.bias"].any():
         kind, state = "linear", {"weight": state["linear_1.weight"], "bias": state["linear_1.bias"]}
-    elif act == "relu" and (linear := _linear_in_relu_form(state)) is not None:
+    elif act == "relu" and (linear := linear_from_relu_mlp(state)) is not None:
         kind, state = "linear", linear
     else:
         raise LlavakitError(f"{directory}: projector_hidden_act {act!r} has no llavakit projector (gelu → mlp2x_gelu; "
@@ -258,19 +259,3 @@ def load_foreign(spec: ModelSpec):
     if spec.kind == "llava-original":
         return load_original(spec)
     raise LlavakitError(f"{spec.source}: a {spec.kind} is not a LLaVA model")
-
-
-def _linear_in_relu_form(state: dict) -> dict | None:
-    """The linear projector's weight and bias if ``state`` is llavakit's relu form of one (linear_1 =
-    [I; -I; 0] without bias, linear_2 = [W, -W, 0]: see llavakit.interop.hf_llava), else None."""
-    first, second = state["linear_1.weight"], state["linear_2.weight"]
-    d_lm, d_vision = first.shape
-    if 2 * d_vision > d_lm or state["linear_1.bias"].any():
-        return None
-    eye = torch.eye(d_vision, dtype=first.dtype)
-    w = second[:, :d_vision]
-    if not (torch.equal(first[:d_vision], eye) and torch.equal(first[d_vision:2 * d_vision], -eye)
-            and not first[2 * d_vision:].any() and torch.equal(second[:, d_vision:2 * d_vision], -w)
-            and not second[:, 2 * d_vision:].any()):
-        return None
-    return {"weight": w.clone(), "bias": state["linear_2.bias"]}

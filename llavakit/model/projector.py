@@ -35,6 +35,31 @@ def projector_names() -> list[str]:
     return ["linear", "mlp{N}x_gelu"]
 
 
+def linear_as_relu_mlp(weight: torch.Tensor, bias: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """``y = Wx + b`` as a Llava two-layer projector with ``relu`` (d_vision → d_lm → d_lm), exactly:
+    linear_1 = [I; −I; 0] without bias gives relu = [x⁺; x⁻; 0], linear_2 = [W, −W, 0] with bias b gives
+    W(x⁺ − x⁻) + b. None when 2·d_vision > d_lm (no room for x⁺ and x⁻). Engines without an identity
+    activation (vLLM) load this form; :func:`linear_from_relu_mlp` reads it back."""
+    d_lm, d_vision = weight.shape
+    if 2 * d_vision > d_lm:
+        return None
+    eye = torch.eye(d_vision, dtype=weight.dtype)
+    return {"linear_1.weight": torch.cat([eye, -eye, eye.new_zeros(d_lm - 2 * d_vision, d_vision)]),
+            "linear_1.bias": bias.new_zeros(d_lm),
+            "linear_2.weight": torch.cat([weight, -weight, weight.new_zeros(d_lm, d_lm - 2 * d_vision)], dim=1),
+            "linear_2.bias": bias}
+
+
+def linear_from_relu_mlp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The linear projector's ``weight`` / ``bias`` if ``state`` is exactly :func:`linear_as_relu_mlp`'s form."""
+    d_vision = state["linear_1.weight"].shape[1]
+    weight, bias = state["linear_2.weight"][:, :d_vision].clone(), state["linear_2.bias"]
+    form = linear_as_relu_mlp(weight, bias)
+    if form is None or any(not torch.equal(form[k], state[k]) for k in form):
+        return None
+    return {"weight": weight, "bias": bias}
+
+
 class SnapToWords(nn.Module):
     """``projector.snap``: each token of ``inner`` is replaced by the nearest row (cosine) of ``table``
     — the LM's own embeddings of the annotation words that ``llavakit align`` taught it (``red
