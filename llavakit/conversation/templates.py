@@ -13,7 +13,7 @@ Registry :data:`TEMPLATES` is keyed by exact name: ``plain``, ``v0``, ``vicuna_v
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from llavakit.errors import ConfigError, DataError
@@ -89,16 +89,17 @@ class PlainTemplate(Template):
         return segs
 
 
+@dataclass
 class SeparatorTemplate(Template):
     """Role-prefixed turns with separators: the paper's ``v0`` and Vicuna's ``v1``."""
 
-    def __init__(self, name, system, roles, sep_after_user, sep_after_assistant, sep_after_system):
-        self.name = name
-        self.default_system = system
-        self.roles = roles
-        self.sep_user = sep_after_user
-        self.stop_str = sep_after_assistant
-        self.sep_system = sep_after_system
+    # field(): no default, though the base class has one for every name
+    name: str = field()
+    default_system: str | None = field()
+    roles: tuple[str, str] = field()
+    sep_user: str = field()  # after a user turn
+    stop_str: str = field()  # after an assistant turn: the end-of-turn marker
+    sep_system: str = field()  # after the system prompt
 
     def segments(self, messages, system=None, add_generation_prompt=False):
         _check_alternating(messages, add_generation_prompt)

@@ -39,6 +39,29 @@ TINY_LLAMA = {
     "tie_word_embeddings": False,
 }
 
+
+def _nano(name: str, **projector) -> LlavaConfig:
+    """The embedded tower and LM with an ``mlp2x_gelu`` projector (``projector`` adds its options)."""
+    return LlavaConfig(
+        name=name,
+        vision=VisionConfig(kind="efficientnet-lite0", image_mode="pad"),
+        projector=ProjectorConfig(kind="mlp2x_gelu", **projector),
+        lm=LMConfig(kind="embedded", name_or_path="SmolLM2-135M-Instruct"),
+        template="chat_template",
+    )
+
+
+def _paper(name: str, clip: str, image_mode: str, projector: str, lm: str, template: str) -> LlavaConfig:
+    """A published LLaVA: a CLIP tower read at layer -2, hub ids (or local dirs the user has)."""
+    return LlavaConfig(
+        name=name,
+        vision=VisionConfig(kind="hf", name_or_path=clip, feature_layer=-2, image_mode=image_mode),
+        projector=ProjectorConfig(kind=projector),
+        lm=LMConfig(kind="hf", name_or_path=lm),
+        template=template,
+    )
+
+
 PRESETS: dict[str, LlavaConfig] = {
     "tiny-random": LlavaConfig(
         name="tiny-random",
@@ -47,41 +70,13 @@ PRESETS: dict[str, LlavaConfig] = {
         lm=LMConfig(kind="random", hf_config=TINY_LLAMA, dtype="float32"),
         template="chat_template",
     ),
-    "nano": LlavaConfig(
-        name="nano",
-        vision=VisionConfig(kind="efficientnet-lite0", image_mode="pad"),
-        projector=ProjectorConfig(kind="mlp2x_gelu"),
-        lm=LMConfig(kind="embedded", name_or_path="SmolLM2-135M-Instruct"),
-        template="chat_template",
-    ),
-    "nano-words": LlavaConfig(  # nano with tokens snapped to the word embeddings `llavakit align` taught it
-        name="nano-words",
-        vision=VisionConfig(kind="efficientnet-lite0", image_mode="pad"),
-        projector=ProjectorConfig(kind="mlp2x_gelu", snap=True),
-        lm=LMConfig(kind="embedded", name_or_path="SmolLM2-135M-Instruct"),
-        template="chat_template",
-    ),
-    "nano-objects": LlavaConfig(  # nano-words with the snapped cells grouped into objects, said in 24 word tokens
-        name="nano-objects",
-        vision=VisionConfig(kind="efficientnet-lite0", image_mode="pad"),
-        projector=ProjectorConfig(kind="mlp2x_gelu", snap=True, objects=24),
-        lm=LMConfig(kind="embedded", name_or_path="SmolLM2-135M-Instruct"),
-        template="chat_template",
-    ),
-    "llava-v1-13b": LlavaConfig(
-        name="llava-v1-13b",
-        vision=VisionConfig(kind="hf", name_or_path="openai/clip-vit-large-patch14", feature_layer=-2, image_mode="square"),
-        projector=ProjectorConfig(kind="linear"),
-        lm=LMConfig(kind="hf", name_or_path="lmsys/vicuna-13b-v1.3"),
-        template="v0",
-    ),
-    "llava-1.5-7b": LlavaConfig(
-        name="llava-1.5-7b",
-        vision=VisionConfig(kind="hf", name_or_path="openai/clip-vit-large-patch14-336", feature_layer=-2, image_mode="pad"),
-        projector=ProjectorConfig(kind="mlp2x_gelu"),
-        lm=LMConfig(kind="hf", name_or_path="lmsys/vicuna-7b-v1.5"),
-        template="vicuna_v1",
-    ),
+    "nano": _nano("nano"),
+    "nano-words": _nano("nano-words", snap=True),  # tokens snapped to the word embeddings `llavakit align` taught
+    "nano-objects": _nano("nano-objects", snap=True, objects=24),  # snapped cells grouped into objects, 24 words
+    "llava-v1-13b": _paper("llava-v1-13b", "openai/clip-vit-large-patch14", "square", "linear",
+                           "lmsys/vicuna-13b-v1.3", "v0"),
+    "llava-1.5-7b": _paper("llava-1.5-7b", "openai/clip-vit-large-patch14-336", "pad", "mlp2x_gelu",
+                           "lmsys/vicuna-7b-v1.5", "vicuna_v1"),
 }
 
 
