@@ -40,6 +40,7 @@ def test_load_processor_from_a_checkpoint(fresh_tiny_model, tmp_path):
 
 def test_image_token_counts_without_weights():
     assert num_image_tokens(VisionConfig(kind="efficientnet-lite0")) == 49
+    assert num_image_tokens(VisionConfig(kind="efficientnet-lite0", feature_stride=16)) == 196
     clip = {"model_type": "clip_vision_model", "image_size": 336, "patch_size": 14}
     assert num_image_tokens(VisionConfig(kind="hf", hf_config=clip)) == 576  # LLaVA-1.5's CLIP-L/336
     assert num_image_tokens(VisionConfig(kind="hf", hf_config=clip, feature_select="cls_patch")) == 577

@@ -114,3 +114,35 @@ def test_efficientnet_lite0_tower_shape_and_imagenet_weights():
     with torch.no_grad():
         logits = tower.model(pixels[:1])
     assert int(logits.argmax()) in range(281, 286)
+
+
+def test_efficientnet_lite0_stride_16_reads_a_14x14_grid():
+    """feature_stride 16: the last stride-16 block's map beside the layer's 7x7 map repeated 2x2."""
+    from skimage import data
+
+    coarse = build_vision_tower(VisionConfig(kind="efficientnet-lite0"))
+    fine = build_vision_tower(VisionConfig(kind="efficientnet-lite0", feature_stride=16))
+    pixels = coarse.preprocess([Image.fromarray(data.astronaut()), Image.fromarray(data.coffee())])
+    f, c = fine(pixels), coarse(pixels)
+    assert f.shape == (2, 196, 112 + 320) and (fine.num_tokens, fine.hidden_size) == (196, 432)
+    grid = f[:, :, 112:].reshape(2, 14, 14, 320)
+    for dr in (0, 1):  # every 2x2 block of the fine grid repeats its coarse cell
+        for dc in (0, 1):
+            assert torch.equal(grid[:, dr::2, dc::2].reshape(2, 49, 320), c)
+    stem = fine.model
+    with torch.no_grad():  # the first 112 channels are block 10's output
+        x = stem._swish(stem._bn0(stem._conv_stem(pixels)))
+        for block in stem._blocks[:11]:
+            x = block(x)
+    assert torch.equal(f[:, :, :112], x.flatten(2).transpose(1, 2))
+    assert fine.fingerprint() != coarse.fingerprint()
+    assert build_vision_tower(VisionConfig(kind="efficientnet-lite0", feature_stride=32)).num_tokens == 49
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"kind": "efficientnet-lite0", "feature_stride": 8}, "feature_stride must be 16, 32 or null, got 8"),
+    ({"kind": "hf", "feature_stride": 16}, "feature_stride is an efficientnet-lite0 option; a 'hf' tower"),
+])
+def test_feature_stride_is_checked_before_a_tower_loads(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        VisionConfig(**kwargs)

@@ -21,6 +21,16 @@ class VisionConfig:
     feature_select: Literal["patch", "cls_patch"] = "patch"
     image_mode: ImageMode = "pad"  # how a non-square image becomes the tower's square input
     seed: int = 0  # init seed when built from hf_config without weights
+    # efficientnet-lite0 only: 16 reads a 14x14 grid (the stride-16 map beside the layer's 7x7 map
+    # upsampled); None or 32: the layer's own 7x7 grid
+    feature_stride: int | None = None
+
+    def __post_init__(self):
+        if self.feature_stride not in (None, 16, 32):
+            raise ConfigError(f"vision.feature_stride must be 16, 32 or null, got {self.feature_stride!r}")
+        if self.feature_stride is not None and self.kind != "efficientnet-lite0":
+            raise ConfigError(f"vision.feature_stride is an efficientnet-lite0 option; a {self.kind!r} tower "
+                              "reads its own patch grid (leave it null)")
 
 
 @dataclass

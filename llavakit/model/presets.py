@@ -40,11 +40,11 @@ TINY_LLAMA = {
 }
 
 
-def _nano(name: str, **projector) -> LlavaConfig:
+def _nano(name: str, feature_stride: int | None = None, **projector) -> LlavaConfig:
     """The embedded tower and LM with an ``mlp2x_gelu`` projector (``projector`` adds its options)."""
     return LlavaConfig(
         name=name,
-        vision=VisionConfig(kind="efficientnet-lite0", image_mode="pad"),
+        vision=VisionConfig(kind="efficientnet-lite0", image_mode="pad", feature_stride=feature_stride),
         projector=ProjectorConfig(kind="mlp2x_gelu", **projector),
         lm=LMConfig(kind="embedded", name_or_path="SmolLM2-135M-Instruct"),
         template="chat_template",
@@ -72,7 +72,8 @@ PRESETS: dict[str, LlavaConfig] = {
     ),
     "nano": _nano("nano"),
     "nano-words": _nano("nano-words", snap=True),  # tokens snapped to the word embeddings `llavakit align` taught
-    "nano-objects": _nano("nano-objects", snap=True, objects=24),  # snapped cells grouped into objects, 24 words
+    # the snapped cells of a 14x14 grid grouped into objects, said in 24 word tokens
+    "nano-objects": _nano("nano-objects", feature_stride=16, snap=True, objects=24),
     "llava-v1-13b": _paper("llava-v1-13b", "openai/clip-vit-large-patch14", "square", "linear",
                            "lmsys/vicuna-13b-v1.3", "v0"),
     "llava-1.5-7b": _paper("llava-1.5-7b", "openai/clip-vit-large-patch14-336", "pad", "mlp2x_gelu",

@@ -65,8 +65,8 @@ def num_image_tokens(vision_config, directory: Path | None = None) -> int:
 
     if vision_config.kind not in TOWERS:
         raise ConfigError(f"unknown vision tower kind {vision_config.kind!r}; known: {', '.join(TOWERS)}")
-    fixed = getattr(TOWERS[vision_config.kind], "num_tokens", None)
-    if isinstance(fixed, int):
+    fixed = TOWERS[vision_config.kind].tokens_for(vision_config)
+    if fixed is not None:
         return fixed
     if vision_config.kind != "hf":
         raise ConfigError(f"cannot tell the image-token count of tower {vision_config.kind!r} without loading it")

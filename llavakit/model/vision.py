@@ -38,6 +38,11 @@ class VisionTower(nn.Module):
         super().__init__()
         self.config = config
 
+    @classmethod
+    def tokens_for(cls, config: VisionConfig) -> int | None:
+        """Tokens per image of ``config`` when the class alone tells (None: the tower must be read)."""
+        return None
+
     def freeze(self) -> "VisionTower":
         self.requires_grad_(False)
         return super().train(False)
@@ -215,19 +220,33 @@ class EfficientNetLite0Tower(VisionTower):
     −1 the 1280-d head (what ``extract_features`` returns), −2 the last MBConv block (320-d), −3 … −6
     the 192-d blocks before it. ``nano`` reads −2, the paper's "second-to-last layer" choice: on the
     synthetic world, linear probes find colour better there than in the ImageNet head.
+
+    ``feature_stride: 16`` reads a 14x14 grid at no extra tower cost: the last stride-16 block's
+    map (112-d, finer and closer to colour) beside the chosen layer's map upsampled x2 (nearest),
+    196 tokens of 112 + C. A cell is then 16 px of a 224 input, so an object of ~27 px covers
+    cells of its own instead of sharing one with the background: on the quickstart's scenes a cell
+    classifier names 97% of held-out objects' colour and shape by majority vote, against 71% on the
+    7x7 grid (docs/training.md, 2026-12-06).
     """
 
     image_size = 224
     mean = HALF
     std = HALF
-    num_tokens = 49
     # (feature_layer → block index or "head", channels); blocks 11-15 are the stride-32 blocks
     LAYERS = {-1: ("head", 1280), -2: (15, 320), -3: (14, 192), -4: (13, 192), -5: (12, 192), -6: (11, 192)}
+    FINE_BLOCK, FINE_CHANNELS = 10, 112  # the last stride-16 block (14x14 at 224)
+
+    @classmethod
+    def tokens_for(cls, config: VisionConfig) -> int:
+        return 196 if config.feature_stride == 16 else 49
 
     def __init__(self, config: VisionConfig, model: nn.Module):
         super().__init__(config)
         self.model = model
-        self.layer, self.hidden_size = self.LAYERS[config.feature_layer]
+        self.layer, channels = self.LAYERS[config.feature_layer]
+        self.fine = config.feature_stride == 16
+        self.hidden_size = channels + self.FINE_CHANNELS if self.fine else channels
+        self.num_tokens = self.tokens_for(config)
         self.freeze()
 
     @classmethod
@@ -257,11 +276,16 @@ class EfficientNetLite0Tower(VisionTower):
         net = self.model
         x = net._swish(net._bn0(net._conv_stem(pixel_values)))
         last = len(net._blocks) - 1 if self.layer == "head" else self.layer
-        for block in net._blocks[: last + 1]:
+        fine = None
+        for i, block in enumerate(net._blocks[: last + 1]):
             x = block(x)  # eval mode: no drop-connect
+            if i == self.FINE_BLOCK:
+                fine = x
         if self.layer == "head":
             x = net._swish(net._bn1(net._conv_head(x)))
-        return x.flatten(2).transpose(1, 2)  # (B, C, 7, 7) → (B, 49, C)
+        if self.fine:  # (B, 112, 14, 14) beside (B, C, 7, 7) repeated to 14x14
+            x = torch.cat([fine, nn.functional.interpolate(x, size=fine.shape[-2:], mode="nearest")], 1)
+        return x.flatten(2).transpose(1, 2)  # (B, C, h, w) → (B, h·w, C)
 
     def save(self, directory: Path) -> dict:
         from safetensors.torch import save_file

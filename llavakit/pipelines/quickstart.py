@@ -65,7 +65,7 @@ BUDGETS: dict[str, Budget] = {
         types="vqa",
         vqa_questions=8,
         # small objects named and the contrastive term: 69.0% -> 78.1% (weight 1.0) -> 80.5% (weight 3.0) held-out
-        align=["steps=3000", "contrastive_weight=3.0"],
+        align=["steps=1000", "contrastive_weight=3.0"],
         stage1=None,  # nano-objects snaps its tokens: nothing for stage 1 to train
         stage2=["per_device_batch_size=2", "gradient_accumulation_steps=2", "max_steps=90", "optim.lr=1e-4",
                 "optim.projector_lr=1e-3"],
