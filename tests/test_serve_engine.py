@@ -187,3 +187,32 @@ def test_requests_in_preparation_are_bounded_too(tiny_model):
             assert engine.stats()["preparing"] == 1
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("gap_ms", [0.0, 60_000.0], ids=["each arrival joins", "arrivals in the gap join together"])
+def test_join_gap_merges_arrivals_in_one_join(tiny_model, row_for, gap_ms):
+    engine = Engine(tiny_model, EngineConfig(batch_window_ms=0, slice_ms=0, join_gap_ms=gap_ms))
+    try:
+        long_one, first, second, third = Collector(), Collector(), Collector(), Collector()
+        handle = engine.submit(row_for("tell me everything", max_new_tokens=1500), long_one)
+        wait_for(lambda: len(long_one.texts) >= 3)
+        engine.submit(row_for("hi", max_new_tokens=3), first)  # the first join is never held back
+        assert first.done.wait(60) and engine.stats()["joins"] == 1
+        engine.submit(row_for("second", max_new_tokens=3), second)
+        if gap_ms:  # within the gap: the second waits while the long batch goes on ...
+            steps = len(long_one.texts)
+            wait_for(lambda: len(long_one.texts) >= steps + 5)
+            assert not second.texts and engine.stats()["queued"] == 1
+        else:
+            assert second.done.wait(60)
+        engine.submit(row_for("third", max_new_tokens=3), third)
+        if gap_ms:  # ... the third arrives; when the gap is over both join in one merge
+            engine.config.join_gap_ms = 0.0
+        assert second.done.wait(60) and third.done.wait(60) and not long_one.done.is_set()
+        stats = engine.stats()
+        assert stats["joined_running"] == 3 and stats["joins"] == (2 if gap_ms else 3)
+        assert stats["batch_sizes"] == ({"1": 2, "2": 1} if gap_ms else {"1": 4})
+        handle.cancel()
+        assert long_one.done.wait(60)
+    finally:
+        engine.close()

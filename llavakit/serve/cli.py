@@ -67,6 +67,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="a batch's turn while another one is active or waiting (default 100 ms)")
     eng.add_argument("--no-join-running", action="store_true",
                      help="arrivals never join a running batch (they form their own and take turns)")
+    eng.add_argument("--join-gap-ms", type=float, default=0.0,
+                     help="at least this long between two joins into a running batch: arrivals meanwhile are "
+                          "prefilled and merged together (default 0: each joins at the next step)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -102,7 +105,7 @@ def config_from_args(args, model_id: str):
                            allow_remote=args.allow_remote_images,
                            allow_private_hosts=args.allow_private_image_hosts),
         engine=EngineConfig(args.max_batch_size, args.batch_window_ms, args.max_queue, args.max_wait_ms,
-                            args.max_cohorts, args.slice_ms, not args.no_join_running),
+                            args.max_cohorts, args.slice_ms, not args.no_join_running, args.join_gap_ms),
     )
 
 
