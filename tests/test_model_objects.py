@@ -23,6 +23,38 @@ def test_group_cells_finds_connected_objects_in_reading_order():
     assert group_cells([B] * 16, 4, B) == []
 
 
+def test_split_keeps_touching_objects_apart_and_absorbs_misnamed_edge_cells():
+    grid = [1, 1, 2, 2, B,
+            1, 1, 2, 2, B,
+            1, 3, B, B, B,
+            1, 1, B, B, B,
+            B, B, B, B, B]
+    # split 0: every touching cell is one object, named by its majority
+    assert group_cells(grid, 5, B) == [(1, [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 15, 16])]
+    # split 4: key 2 (4 cells) touches key 1 (7 cells, < 4x): two objects; the lone 3 touches 1 (7 >= 4x1):
+    # absorbed. Reading order: key 2's centroid is in the top third, key 1's in the middle one
+    assert group_cells(grid, 5, B, split=4.0) == [(2, [2, 3, 7, 8]), (1, [0, 1, 5, 6, 10, 11, 15, 16])]
+    # split 8: 7 cells are not 8 times the lone 3: it stays an object of its own
+    assert (3, [11]) in group_cells(grid, 5, B, split=8.0)
+    # a part absorbed into a larger one counts with it: 1 absorbs 3, then 1+3 (8 cells) absorbs 2 at split 2
+    assert group_cells(grid, 5, B, split=2.0) == [(1, [0, 1, 2, 3, 5, 6, 7, 8, 10, 11, 15, 16])]
+
+
+def test_objects_projector_splits_as_configured():
+    from llavakit.model.presets import get_preset
+
+    assert get_preset("nano-objects").projector.object_split == 4.0
+    assert SnapToObjects(torch.nn.Identity(), 3, 8, 4.0).split == 4.0
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "x", True])
+def test_object_split_is_a_finite_number_and_needs_objects(bad):
+    with pytest.raises(ConfigError, match="object_split must be a finite number >= 0"):
+        ProjectorConfig(snap=True, objects=8, object_split=bad)
+    with pytest.raises(ConfigError, match="object_split groups objects: it needs projector.objects"):
+        ProjectorConfig(snap=True, object_split=4.0)
+
+
 def test_group_cells_breaks_a_tie_by_the_lower_key():
     assert group_cells([5, 3, B, B], 2, B) == [(3, [0, 1])]
 

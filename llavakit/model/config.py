@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -40,12 +41,20 @@ class ProjectorConfig:
     kind: str = "mlp2x_gelu"
     snap: bool = False  # each token → the nearest of the word embeddings `llavakit align` taught it (SnapToWords)
     objects: int = 0  # > 0 (with snap): the snapped cells grouped into objects, said in this many word tokens
+    # objects: 0 = touching cells are one object; r > 0 = cells of one key are an object unless they
+    # touch one r times their size (llavakit.model.objects.group_cells)
+    object_split: float = 0.0
 
     def __post_init__(self):
         if not isinstance(self.objects, int) or isinstance(self.objects, bool) or self.objects < 0:
             raise ConfigError(f"projector.objects must be a whole number of tokens >= 0, got {self.objects!r}")
         if self.objects and not self.snap:
             raise ConfigError("projector.objects groups snapped cells: it needs projector.snap: true")
+        split = self.object_split
+        if isinstance(split, bool) or not isinstance(split, (int, float)) or not math.isfinite(split) or split < 0:
+            raise ConfigError(f"projector.object_split must be a finite number >= 0, got {split!r}")
+        if split and not self.objects:
+            raise ConfigError("projector.object_split groups objects: it needs projector.objects > 0")
 
 
 @dataclass

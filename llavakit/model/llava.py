@@ -61,7 +61,7 @@ class LlavaModel(EmbedsGeneration, nn.Module):
         if projector is None:
             projector = build_projector(config.projector.kind, vision_tower.hidden_size, lm_dim)
             if config.projector.objects:
-                projector = SnapToObjects(projector, lm_dim, config.projector.objects)
+                projector = SnapToObjects(projector, lm_dim, config.projector.objects, config.projector.object_split)
             elif config.projector.snap:
                 projector = SnapToWords(projector, lm_dim)
         self.projector = projector

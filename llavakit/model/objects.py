@@ -2,14 +2,17 @@
 
 Snapped word tokens (:class:`~llavakit.model.projector.SnapToWords`) tell the LM *what* each of
 the grid's cells shows (49, or 196 with ``vision.feature_stride: 16``), but not *where* or *how
-large*: a small LM does not learn in minutes that token 17 of the grid is "top right", nor count cells into a size (docs/training.md: position and size
-stay at their blind level even with ideal cell tokens). This layout groups the snapped cells into
+large*: a small LM does not learn in minutes that token 17 of the grid is "top right", nor count
+cells into a size (docs/training.md: position and size stay at their blind level even with ideal
+cell tokens). This layout groups the snapped cells into
 objects and says each one as the LM's own word embeddings, one token per word::
 
     large red circle top left , small blue star bottom right , background background ...
 
 - an object is a 4-connected group of non-background cells; its words are the group's majority key
-  (e.g. ``red circle``), tie broken by the key's order;
+  (e.g. ``red circle``), tie broken by the key's order. With ``projector.object_split`` r > 0 the
+  cells of one key are an object of their own (touching objects stay apart) unless they touch an
+  object r times their size (misnamed edge cells) — :func:`group_cells`;
 - its place is the thirds of the grid its centroid falls in (``top|middle|bottom``,
   ``left|center|right``), objects in reading order (by row third, then left to right);
 - its size word is the one whose typical cell count (``llavakit align`` measured it on the
@@ -40,29 +43,67 @@ def third(t: float) -> int:
     return 0 if t < 1 / 3 else 2 if t > 2 / 3 else 1
 
 
-def group_cells(keys: list[int], grid: int, background: int) -> list[tuple[int, list[int]]]:
-    """4-connected groups of non-background cells (row-major ``keys``): (majority key, cells) each,
-    in reading order of their centroids (row third, then column)."""
-    seen, groups = set(), []
+def _neighbours(i: int, grid: int) -> list[int]:
+    r, c = divmod(i, grid)
+    return [rr * grid + cc for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1))
+            if 0 <= rr < grid and 0 <= cc < grid]
+
+
+def _parts(keys: list[int], grid: int, background: int, by_key: bool) -> tuple[list[list[int]], list[int]]:
+    """4-connected parts of non-background cells (``by_key``: of one key each) and each cell's part (-1: none)."""
+    label, parts = [-1] * len(keys), []
     for start, key in enumerate(keys):
-        if start in seen or key == background:
+        if label[start] >= 0 or key == background:
             continue
-        stack, cells = [start], []
-        seen.add(start)
+        label[start], stack, cells = len(parts), [start], []
         while stack:
             i = stack.pop()
             cells.append(i)
-            r, c = divmod(i, grid)
-            for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
-                j = rr * grid + cc
-                if 0 <= rr < grid and 0 <= cc < grid and j not in seen and keys[j] != background:
-                    seen.add(j)
+            for j in _neighbours(i, grid):
+                if label[j] < 0 and keys[j] != background and (not by_key or keys[j] == key):
+                    label[j] = len(parts)
                     stack.append(j)
+        parts.append(cells)
+    return parts, label
+
+
+def group_cells(keys: list[int], grid: int, background: int, split: float = 0.0) -> list[tuple[int, list[int]]]:
+    """Objects of the grid (row-major ``keys``): (majority key, cells) each, in reading order of their
+    centroids (row third, then column).
+
+    ``split`` 0: an object is a 4-connected group of non-background cells, so touching objects are
+    one. ``split`` r > 0: cells of one key form an object of their own, and — smallest first — an
+    object joins the touching object it shares most edges with when that one has at least r times
+    its cells (a few misnamed cells at an object's edge stay part of it; two touching objects of
+    similar size stay two)."""
+    parts, label = _parts(keys, grid, background, by_key=split > 0)
+    groups = {p: list(cells) for p, cells in enumerate(parts)}
+    if split > 0:
+        owner = list(range(len(parts)))
+
+        def root(p: int) -> int:
+            while owner[p] != p:
+                p = owner[p]
+            return p
+
+        for p in sorted(groups, key=lambda p: (len(parts[p]), p)):
+            if p not in groups:
+                continue
+            edges: dict[int, int] = {}
+            for j in (j for i in groups[p] for j in _neighbours(i, grid) if label[j] >= 0 and root(label[j]) != p):
+                edges[root(label[j])] = edges.get(root(label[j]), 0) + 1
+            if edges:
+                q = max(edges, key=lambda q: (edges[q], -q))
+                if len(groups[q]) >= split * len(groups[p]):
+                    owner[p] = q
+                    groups[q] += groups.pop(p)
+    out = []
+    for cells in groups.values():
         votes: dict[int, int] = {}
         for i in cells:
             votes[keys[i]] = votes.get(keys[i], 0) + 1
-        groups.append((max(votes, key=lambda k: (votes[k], -k)), sorted(cells)))
-    return sorted(groups, key=lambda group: (third(centroid(group[1], grid)[0]), centroid(group[1], grid)[1]))
+        out.append((max(votes, key=lambda k: (votes[k], -k)), sorted(cells)))
+    return sorted(out, key=lambda group: (third(centroid(group[1], grid)[0]), centroid(group[1], grid)[1]))
 
 
 def centroid(cells: list[int], grid: int) -> tuple[float, float]:
@@ -87,11 +128,12 @@ class SnapToObjects(SnapToWords):
     ``background``, ``,`` and the six place words (top, middle, bottom, left, center, right).
     """
 
-    def __init__(self, inner, out_dim: int, n_tokens: int):
+    def __init__(self, inner, out_dim: int, n_tokens: int, split: float = 0.0):
         super().__init__(inner, out_dim)
         if n_tokens < 1:
             raise ConfigError(f"projector.objects must be >= 1 tokens, got {n_tokens}")
         self.n_tokens = n_tokens
+        self.split = split  # projector.object_split: see group_cells
         self.register_buffer("words", torch.zeros(0, out_dim))
         self.register_buffer("key_words", torch.zeros(0, 1, dtype=torch.long))
         self.register_buffer("size_words", torch.zeros(0, dtype=torch.long))
@@ -112,7 +154,7 @@ class SnapToObjects(SnapToWords):
         out = []
         for row in keys.tolist():
             ids: list[int] = []
-            for key, cells in group_cells(row, grid, background_key):
+            for key, cells in group_cells(row, grid, background_key, self.split):
                 size = [nearest_size(len(cells), typical)] if typical else []
                 r, c = centroid(cells, grid)
                 ids += size + list(key_words[key]) + [place[third(r)], place[3 + third(c)], comma]

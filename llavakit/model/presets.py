@@ -72,8 +72,8 @@ PRESETS: dict[str, LlavaConfig] = {
     ),
     "nano": _nano("nano"),
     "nano-words": _nano("nano-words", snap=True),  # tokens snapped to the word embeddings `llavakit align` taught
-    # the snapped cells of a 14x14 grid grouped into objects, said in 24 word tokens
-    "nano-objects": _nano("nano-objects", feature_stride=16, snap=True, objects=24),
+    # the snapped cells of a 14x14 grid grouped into objects (touching objects kept apart), said in 24 word tokens
+    "nano-objects": _nano("nano-objects", feature_stride=16, snap=True, objects=24, object_split=4.0),
     "llava-v1-13b": _paper("llava-v1-13b", "openai/clip-vit-large-patch14", "square", "linear",
                            "lmsys/vicuna-13b-v1.3", "v0"),
     "llava-1.5-7b": _paper("llava-1.5-7b", "openai/clip-vit-large-patch14-336", "pad", "mlp2x_gelu",
