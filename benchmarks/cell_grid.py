@@ -6,8 +6,8 @@
 Reads a quickstart run's training and held-out scenes, labels every cell of the tower's grid the
 way ``llavakit align`` does (the front object whose box holds the cell's centre, a small object its
 nearest cell, else background; ``train/align_boxes.py``), trains an ``mlp2x_gelu``-sized
-classifier with cross-entropy over the ``colour shape`` keys on the training scenes' cached
-features, and prints for the held-out scenes: object cells right, and objects whose cells' majority
+classifier with cross-entropy over the ``colour shape`` keys on the training scenes' frozen
+features (computed here, held in memory; not the feature cache), and prints for the held-out scenes: object cells right, and objects whose cells' majority
 vote is their colour and shape (what ``projector.objects`` says of an object). A proxy screened in
 minutes — the alignment itself regresses onto word embeddings; confirm a winner with
 ``grounding_connector.py`` and the quickstart.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -42,7 +43,7 @@ def features(tower, folder: Path, images: list[dict]) -> torch.Tensor:
 
 def labelled(run: Path, split: str, tower, cfg: AlignConfig):
     """Features and per-cell word keys (``red circle``, ``background``) of one split."""
-    cfg.instances = str(run / "scenes" / split / "instances.json")
+    cfg = replace(cfg, instances=str(run / "scenes" / split / "instances.json"))
     images, by_image, names = read_instances(cfg)
     grid = int(round(tower.num_tokens ** 0.5))
     keys = [[" ".join(c) for c in cell_words(im, by_image[int(im["id"])], names, cfg, grid, tower.config.image_mode,
