@@ -158,15 +158,15 @@ def bench_infer(model, args) -> dict[int, dict]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="nano")
-    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--model", default="nano", help="a preset or a llavakit checkpoint dir")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent client threads (also the server's --max-batch-size)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each comparison")
     parser.add_argument("--requests", type=int, default=16, help="concurrent requests per round")
     parser.add_argument("--seq-requests", type=int, default=4,
                         help="sequential requests per round; the concurrent phase repeats these questions")
-    parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--batch-window-ms", type=float, default=20.0)
-    parser.add_argument("--max-wait-ms", type=float, default=250.0)
+    parser.add_argument("--max-tokens", type=int, default=32, help="tokens generated per request")
+    parser.add_argument("--batch-window-ms", type=float, default=20.0, help="the server's --batch-window-ms")
+    parser.add_argument("--max-wait-ms", type=float, default=250.0, help="the server's --max-wait-ms")
     parser.add_argument("--questions", type=int, default=32, help="questions for the infer comparison (all rounds)")
     parser.add_argument("--skip-serve", action="store_true")
     parser.add_argument("--skip-infer", action="store_true")

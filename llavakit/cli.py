@@ -1,8 +1,8 @@
 """The `llavakit` command: one verb per capability, each in its own module.
 
 Verb modules are imported only when their verb runs, so `llavakit --help` is instant. A verb module
-exposes ``add_arguments(parser)`` and ``run(args) -> int | None``. A verb whose value is a dict has
-sub-verbs (``llavakit eval synth ...``).
+exposes ``add_arguments(parser)`` and ``run(args) -> int | None``. A key of two words is a sub-verb
+of a group (``llavakit eval synth ...``).
 """
 
 from __future__ import annotations
@@ -14,28 +14,24 @@ import sys
 from llavakit import progress
 from llavakit.errors import LlavakitError
 
-# verb -> (module, one-line help) or verb -> {sub-verb: (module, help)}
-VERBS: dict[str, tuple[str, str] | dict[str, tuple[str, str]]] = {
+# verb -> (module, one-line help); "group sub" is a sub-verb (`llavakit eval synth ...`)
+VERBS: dict[str, tuple[str, str]] = {
     "quickstart": ("llavakit.pipelines.quickstart", "scenes → data → stage 1 → stage 2 → eval → report, on the embedded default"),
     "reproduce": ("llavakit.pipelines.reproduce", "the paper's ablations in miniature on the synthetic world"),
     "info": ("llavakit.model.info", "print a composed model: parameters per part, image tokens, context length"),
     "scenes": ("llavakit.datagen.scenes_cli", "render a synthetic annotated world in COCO format"),
     "datagen": ("llavakit.datagen.cli", "generate LLaVA instruction data from captions + boxes with a teacher LLM"),
-    "data": {
-        "inspect": ("llavakit.data.inspect", "counts, lengths, bad records and supervised spans of a LLaVA data file"),
-        "scienceqa": ("llavakit.eval.scienceqa_convert", "convert official ScienceQA files to LLaVA JSON"),
-    },
+    "data inspect": ("llavakit.data.inspect", "counts, lengths, bad records and supervised spans of a LLaVA data file"),
+    "data scienceqa": ("llavakit.eval.scienceqa_convert", "convert official ScienceQA files to LLaVA JSON"),
     "align": ("llavakit.train.align", "token-level projector alignment from box annotations (before stage 1)"),
     "train": ("llavakit.train.cli", "stage 1 / stage 2 / finetune training"),
     "chat": ("llavakit.serve.chat", "multi-turn chat about an image in the terminal"),
     "infer": ("llavakit.serve.infer", "batched inference over a model_vqa questions JSONL"),
     "serve": ("llavakit.serve.cli", "OpenAI-compatible API server and web chat page"),
-    "eval": {
-        "synth": ("llavakit.eval.synth", "exact-answer benchmark on held-out synthetic scenes (+ --blind)"),
-        "pope": ("llavakit.eval.pope", "POPE-style object hallucination probe"),
-        "llava-bench": ("llavakit.eval.llava_bench", "LLaVA-Bench judge protocol: relative score"),
-        "scienceqa": ("llavakit.eval.scienceqa", "ScienceQA accuracy by subject/context/grade, ensembles"),
-    },
+    "eval synth": ("llavakit.eval.synth", "exact-answer benchmark on held-out synthetic scenes (+ --blind)"),
+    "eval pope": ("llavakit.eval.pope", "POPE-style object hallucination probe"),
+    "eval llava-bench": ("llavakit.eval.llava_bench", "LLaVA-Bench judge protocol: relative score"),
+    "eval scienceqa": ("llavakit.eval.scienceqa", "ScienceQA accuracy by subject/context/grade, ensembles"),
     "export": ("llavakit.interop.cli", "export a llavakit checkpoint to other formats"),
     "merge-lora": ("llavakit.interop.merge", "merge a PEFT LoRA adapter into a plain llavakit checkpoint"),
 }
@@ -71,24 +67,21 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llavakit {__import__('llavakit').__version__}")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     # Import only the chosen verb's module; list the others by name and help.
-    chosen = next((a for a in argv if not a.startswith("-")), None)
-    for verb, spec in VERBS.items():
-        if isinstance(spec, dict):
-            help_text = "sub-verbs: " + ", ".join(spec)
-            vparser = subparsers.add_parser(verb, help=help_text, description=help_text)
-            vsub = vparser.add_subparsers(dest="subverb", metavar="SUBVERB")
-            rest = argv[argv.index(verb) + 1:] if verb == chosen else []
-            sub_chosen = next((a for a in rest if not a.startswith("-")), None)
-            for sub, (module, sub_help) in spec.items():
-                if verb == chosen and sub == sub_chosen:
-                    _add_verb(vsub, sub, module, sub_help)
-                else:
-                    vsub.add_parser(sub, help=sub_help)
-            vparser.set_defaults(_parser=vparser)
-        elif verb == chosen:
-            _add_verb(subparsers, verb, *spec)
+    words = [a for a in argv if not a.startswith("-")][:2]
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, (module, help_text) in VERBS.items():
+        group, _, sub = name.partition(" ")
+        if sub and group not in groups:
+            subs = [key.partition(" ")[2] for key in VERBS if key.startswith(group + " ")]
+            group_help = "sub-verbs: " + ", ".join(subs)
+            gparser = subparsers.add_parser(group, help=group_help, description=group_help)
+            gparser.set_defaults(_parser=gparser)
+            groups[group] = gparser.add_subparsers(dest="subverb", metavar="SUBVERB")
+        where, leaf = (groups[group], sub) if sub else (subparsers, name)
+        if name.split() == words[:len(name.split())]:
+            _add_verb(where, leaf, module, help_text)
         else:
-            subparsers.add_parser(verb, help=spec[1])
+            where.add_parser(leaf, help=help_text)
     return parser
 
 

@@ -15,8 +15,8 @@ def _run(*args):
 def test_help_lists_every_verb(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    for verb in VERBS:
-        assert verb in out
+    for name in VERBS:
+        assert name.split()[0] in out
 
 
 def test_info_tiny_random(capsys):
@@ -56,10 +56,9 @@ def _verb_parser(path: list[str]):
 
 
 def test_every_verb_takes_quiet():
-    for verb, spec in VERBS.items():
-        for path in ([[verb, sub] for sub in spec] if isinstance(spec, dict) else [[verb]]):
-            parser = _verb_parser(path)
-            assert "--quiet" in parser._option_string_actions, path
+    for name in VERBS:
+        parser = _verb_parser(name.split())
+        assert "--quiet" in parser._option_string_actions, name
 
 
 def test_help_shows_defaults():

@@ -14,6 +14,9 @@ from llavakit.datagen.language import (RELATION_PHRASES, article, cap, color_lis
                                        located, shape_inventory)
 
 N_CAPTIONS = 5
+# several colours: the phrasings draw nothing from rng themselves, so they are plain templates
+_COLOR_FORMS = ("{Colors} shapes on {bg}.", "Shapes in {n} colors ({colors}) against {bg}.",
+                "A colorful arrangement of {colors} shapes.")
 
 
 def _bg(f: ImageFacts) -> str:
@@ -56,12 +59,8 @@ def _colors(f: ImageFacts, rng: random.Random) -> str | None:
     if len(colors) == 1:
         noun = "shape" if n == 1 else "shapes"
         return f"{cap(number_word(n) if n > 1 else 'a single')} {colors[0]} {noun} on {article(_bg(f))}."
-    forms = [
-        f"{cap(join(colors))} shapes on {article(_bg(f))}.",
-        f"Shapes in {len(colors)} colors ({join(colors)}) against {article(_bg(f))}.",
-        f"A colorful arrangement of {join(colors)} shapes.",
-    ]
-    return rng.choice(forms)
+    form = rng.choice(_COLOR_FORMS)
+    return form.format(Colors=cap(join(colors)), colors=join(colors), n=len(colors), bg=article(_bg(f)))
 
 
 def _relation_or_size(f: ImageFacts, rng: random.Random) -> str:

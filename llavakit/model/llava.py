@@ -121,15 +121,9 @@ class LlavaModel(EmbedsGeneration, nn.Module):
 
     # --- training forward ---------------------------------------------------------------------
 
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        image_features: torch.Tensor | None = None,
-        labels: torch.Tensor | None = None,
-        return_logits: bool = False,
-    ) -> LlavaOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                pixel_values: torch.Tensor | None = None, image_features: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, return_logits: bool = False) -> LlavaOutput:
         embeds = self.embed(input_ids, pixel_values, image_features)
         decoder = self.language_model.get_decoder()
         hidden = decoder(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False).last_hidden_state
