@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -57,7 +58,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
-DEFAULT_MAX_PIXELS = 4096 * 4096  # chat / infer / serve: per image, from its header before decoding
+# Per image, from its header before decoding: chat / infer / serve (--max-image-pixels), training,
+# alignment and `data inspect` alike. With a ``pad`` model the square it is padded to counts too.
+DEFAULT_MAX_PIXELS = 4096 * 4096
 
 
 def check_size(width: int, height: int, what: str, max_pixels: int | None, canvas: bool = False) -> None:
@@ -72,21 +75,48 @@ def check_size(width: int, height: int, what: str, max_pixels: int | None, canva
                         f"square, over the limit of {max_pixels} pixels (crop it, or raise --max-image-pixels)")
 
 
-def load_image(path: str | Path, max_pixels: int | None = None, canvas: bool = False) -> Image.Image:
-    """Open and fully decode an image as RGB; a corrupt or missing file raises DataError, and so does
-    one over ``max_pixels`` (see :func:`check_size`), before it is decoded."""
-    path = Path(path)
+def _open(path: Path, max_pixels: int | None, canvas: bool):
+    """Open ``path`` (the header only) and check its size; errors are DataErrors naming the file."""
     try:
-        with Image.open(path) as img:
-            check_size(*img.size, str(path), max_pixels, canvas)
-            img.load()
-            return to_rgb(img)
+        img = Image.open(path)
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
     except IsADirectoryError:
         raise DataError(f"image {path} is a directory") from None
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image {path} is far over the pixel limit: {exc}") from None
     except _DECODE_ERRORS as exc:
         raise DataError(f"image {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
+    try:
+        check_size(*img.size, str(path), max_pixels, canvas)
+    except DataError:
+        img.close()
+        raise
+    return img
+
+
+def read_size(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, canvas: bool = False) -> tuple[int, int]:
+    """An image file's ``(width, height)`` from its header, nothing decoded: a missing, empty or
+    non-image file, or one over ``max_pixels``, raises DataError naming it (a cheap check of a dataset)."""
+    with _open(Path(path), max_pixels, canvas) as img:
+        return img.size
+
+
+def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, canvas: bool = False) -> Image.Image:
+    """Open and fully decode an image as RGB; a corrupt or missing file raises DataError, and so does
+    one over ``max_pixels`` (see :func:`check_size`), before it is decoded. ``None``: no limit."""
+    path = Path(path)
+    with _open(path, max_pixels, canvas) as img:
+        try:
+            img.load()
+            return to_rgb(img)
+        except _DECODE_ERRORS as exc:
+            raise DataError(f"image {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
+
+
+def image_reader(image_mode: str) -> Callable[[str | Path], Image.Image]:
+    """:func:`load_image` with the default pixel limit and ``image_mode``'s canvas (picklable)."""
+    return functools.partial(load_image, canvas=image_mode == "pad")
 
 
 def fit_square(img: Image.Image, size: int, mode: str, fill: Sequence[float] = (0.5, 0.5, 0.5)) -> Image.Image:

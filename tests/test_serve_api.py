@@ -332,7 +332,7 @@ def test_unusable_local_paths_are_400_not_500(tiny_model, tmp_path):
 
 def test_image_pixel_limit(tiny_model):
     with running(tiny_model, images=ImagePolicy(max_pixels=100 * 100)) as srv:
-        with pytest.raises(openai.BadRequestError, match="at most 10000"):
+        with pytest.raises(openai.BadRequestError, match="101x100 = 10100 pixels, over the limit of 10000"):
             client(srv).chat.completions.create(
                 model=MODEL, messages=[image_message(data_url(png_bytes((101, 100))))], max_tokens=2)
 

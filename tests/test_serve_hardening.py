@@ -61,7 +61,7 @@ def test_a_thin_image_is_not_padded_into_a_huge_square(server):
         {"type": "image_url", "image_url": {"url": _png(20000, 1)}}, {"type": "text", "text": "hi"}]}]}
     resp = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "image_too_large"
-    assert "padded to a square" in resp.json()["error"]["message"]
+    assert "pads it to a 20000-pixel square" in resp.json()["error"]["message"]
 
 
 def test_a_huge_prompt_is_refused_before_tokenizing(server):

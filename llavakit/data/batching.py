@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from llavakit.imaging import load_image
+from llavakit.imaging import image_reader
 from llavakit.conversation.processor import IGNORE_INDEX
 from llavakit.errors import ConfigError, DataError
 
@@ -43,13 +43,17 @@ IMAGE_KEYS = ("pixel_values", "image_features")
 
 
 class pixel_image_fn:  # noqa: N801 - used like a function; a class so DataLoader workers can pickle it
-    """``image_fn`` that decodes images from disk and runs ``preprocess`` (e.g. ``model.preprocess``)."""
+    """``image_fn`` that decodes images from disk and runs ``preprocess`` (e.g. ``model.preprocess``).
 
-    def __init__(self, preprocess: Callable):
+    ``image_mode``: the tower's, so a ``pad`` model refuses an image whose padded square is over the
+    pixel limit (:func:`llavakit.imaging.check_size`) before decoding it."""
+
+    def __init__(self, preprocess: Callable, image_mode: str = "square"):
         self.preprocess = preprocess
+        self.read = image_reader(image_mode)
 
     def __call__(self, paths: Sequence) -> dict:
-        return {"pixel_values": self.preprocess([load_image(p) for p in paths])}
+        return {"pixel_values": self.preprocess([self.read(p) for p in paths])}
 
 
 @dataclass

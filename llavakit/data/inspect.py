@@ -1,8 +1,8 @@
 """`llavakit data inspect FILE`: what a LLaVA data file holds and what the model will learn from it.
 
 Prints record counts, the image / text-only split, rounds per conversation, a token-length
-histogram, invalid records with their reasons, too-long samples, missing (or, with
-``--check-images``, undecodable) images, and one sample rendered token by token with the supervised
+histogram, invalid records with their reasons, too-long samples, missing or unreadable
+images (each image's header; ``--check-images`` decodes them all), and one sample rendered token by token with the supervised
 spans highlighted (green; marked ⟦ ⟧ when the output has no colour) and image spans collapsed.
 Only the tokenizer is loaded (:func:`llavakit.model.tokenizer.load_processor`), never model weights.
 """
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-placement", choices=PLACEMENTS, default="first")
     parser.add_argument("--system-prompt", help="system prompt (default: the model's / template's)")
     parser.add_argument("--sample", help="id or index (#N) of the sample to render (default: the first)")
-    parser.add_argument("--check-images", action="store_true", help="decode every image (slow), not only check it exists")
+    parser.add_argument("--check-images", action="store_true", help="decode every image (slow), not only read its header")
     parser.add_argument("--bins", type=int, default=10, help="token-length histogram bins")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="report an epoch's padding at this per-device batch size, with and without length grouping")
@@ -101,8 +101,8 @@ def _pick(ds: LlavaDataset, wanted: str | None) -> int | None:
 def _check_images(ds: LlavaDataset, decode: bool, show: int) -> list[str]:
     from llavakit.progress import bar as progress_bar
 
-    from llavakit.imaging import load_image
     from llavakit.errors import DataError
+    from llavakit.imaging import load_image, read_size
 
     bad: list[tuple[str, str]] = []
     todo = [i for i, mm in enumerate(ds.is_multimodal) if mm]
@@ -110,12 +110,12 @@ def _check_images(ds: LlavaDataset, decode: bool, show: int) -> list[str]:
         for path in ds.image_paths(i):
             if not path.is_file():
                 bad.append((ds.record(i).id, f"missing {path}"))
-            elif decode:
-                try:
-                    load_image(path)
-                except DataError as exc:
-                    bad.append((ds.record(i).id, str(exc)))
-    what = "missing or undecodable" if decode else "missing"
+                continue
+            try:  # without --check-images only the header: empty, non-image and oversized files
+                load_image(path) if decode else read_size(path)
+            except DataError as exc:
+                bad.append((ds.record(i).id, str(exc)))
+    what = "missing or undecodable" if decode else "missing or unreadable (headers read; --check-images decodes)"
     lines = [f"images: {len(todo)} samples checked, {len(bad)} {what}"]
     lines += [f"  {rid}: {reason}" for rid, reason in bad[:show]]
     return lines

@@ -33,7 +33,8 @@ HELP = """commands:
 class ChatSession:
     """The conversation so far and the image it is about."""
 
-    def __init__(self, model, params: GenParams, system: str | None = None, max_image_pixels: int | None = None):
+    def __init__(self, model, params: GenParams, system: str | None = None,
+                 max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
         self.model = model
         self.params = params
         self.system = DEFAULT if system is None else system

@@ -30,7 +30,8 @@ from urllib.parse import unquote, urlparse
 
 from PIL import Image
 
-from llavakit.imaging import to_rgb
+from llavakit.errors import DataError
+from llavakit.imaging import check_size, to_rgb
 from llavakit.serve.schema import ImagePart, bad
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?P<params>(;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
@@ -56,14 +57,10 @@ def decode_image(data: bytes, param: str, max_pixels: int, pad: bool = True) -> 
         raise bad(f"{param}: the image is far larger than {max_pixels} pixels", param, "image_too_large") from None
     except (OSError, ValueError) as exc:  # UnidentifiedImageError is an OSError
         raise bad(f"{param}: the data is not an image that can be decoded ({exc})", param, "invalid_image") from None
-    width, height = img.size
-    if width * height > max_pixels:
-        raise bad(f"{param}: the image is {width}x{height} = {width * height} pixels; this server accepts at "
-                  f"most {max_pixels}", param, "image_too_large")
-    if pad and max(width, height) ** 2 > max_pixels:
-        raise bad(f"{param}: the image is {width}x{height}; padded to a square it would be {max(width, height)}² "
-                  f"pixels, over this server's {max_pixels} (crop or resize its long side to at most "
-                  f"{int(max_pixels ** 0.5)})", param, "image_too_large")
+    try:  # the rule of every other path (chat, infer, training)
+        check_size(*img.size, param, max_pixels, canvas=pad)
+    except DataError as exc:
+        raise bad(str(exc), param, "image_too_large") from None
     try:
         img.load()
         return to_rgb(img)

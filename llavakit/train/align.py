@@ -164,7 +164,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
     images, by_image, names = read_instances(cfg)
 
     from llavakit.datagen.jsonio import write_json
-    from llavakit.imaging import load_image
+    from llavakit.imaging import image_reader
     from llavakit.model import load_model, save_projector
     from llavakit.train.feature_cache import FeatureCache
 
@@ -176,7 +176,7 @@ def run_alignment(cfg: AlignConfig) -> dict:
         raise ConfigError(f"align: the tower's {tower.num_tokens} tokens are not a square grid (feature_select=patch?)")
     paths = [str(Path(cfg.image_folder) / im["file_name"]) for im in images]
     cache = FeatureCache(cfg.feature_cache_dir, tower)
-    report = cache.build(paths, load_image, progress=cfg.progress)
+    report = cache.build(paths, image_reader(tower.config.image_mode), progress=cfg.progress)
     print(f"llavakit align: {report.describe()} ({cache.dir})", file=sys.stderr, flush=True)
     keep = [i for i, p in enumerate(paths) if p not in report.bad]
     if not keep:

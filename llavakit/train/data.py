@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Subset
 
 from llavakit.data.batching import Collator, ImageLoader, LengthGroupedSampler, pixel_image_fn
 from llavakit.data.dataset import LlavaDataset
-from llavakit.imaging import load_image
+from llavakit.imaging import image_reader
 from llavakit.conversation.processor import IGNORE_INDEX
 from llavakit.errors import DataError
 from llavakit.train.config import BatchPlan, TrainConfig
@@ -53,7 +53,7 @@ class TrainData:
         if cfg.feature_cache.enabled and any(self.dataset.is_multimodal):
             keep, image_fn = self._build_cache(model, accelerator, keep)
         else:
-            image_fn = pixel_image_fn(model.preprocess)
+            image_fn = pixel_image_fn(model.preprocess, model.vision_tower.config.image_mode)
         self.indices = keep
         self.collator = Collator(
             model.tokenizer.pad_token_id, "right",
@@ -82,7 +82,7 @@ class TrainData:
         self.cache = FeatureCache(fc.dir, tower)
         paths = {i: self.dataset.image_paths(i) for i in keep if self.dataset.is_multimodal[i]}
         every = [p for ps in paths.values() for p in ps]
-        report = self.cache.build(every, load_image, fc.batch_size, fc.shard_size, accelerator, accelerator.device,
+        report = self.cache.build(every, image_reader(tower.config.image_mode), fc.batch_size, fc.shard_size, accelerator, accelerator.device,
                                  progress=self.cfg.progress)
         if accelerator.is_main_process:
             print(f"llavakit train: {report.describe()} ({self.cache.dir})", file=sys.stderr, flush=True)
