@@ -37,13 +37,15 @@ def post(client: httpx.Client, srv, content: bytes | str, **headers) -> httpx.Re
     ("lone surrogate", '{"model": "tiny-random", "messages": [{"role": "user", "content": "\\ud800"}]}',
      "lone UTF-16 surrogate"),
     ("5000-digit max_tokens", '{"model": "tiny-random", "messages": [{"role": "user", "content": "hi"}], '
-     '"max_tokens": ' + "9" * 5000 + "}", "not valid JSON"),
+     '"max_tokens": ' + "9" * 5000 + "}", "an integer of 5000 digits; at most 100"),
 ])
 def test_malformed_bodies_are_400_and_the_connection_stays_usable(server, name, body, needle):
     with httpx.Client() as client:
         resp = post(client, server, body)
         assert resp.status_code == 400, resp.text
-        assert needle in resp.json()["error"]["message"]
+        error = resp.json()["error"]  # OpenAI's error shape
+        assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+        assert needle in error["message"] and error["code"] == "invalid_json"
         again = post(client, server, __import__("json").dumps(HELLO))
         assert again.status_code == 200
         local = [r.extensions["network_stream"].get_extra_info("client_addr") for r in (resp, again)]
@@ -72,28 +74,51 @@ def test_a_huge_prompt_is_refused_before_tokenizing(server):
 
 
 def test_stalled_bodies_time_out_and_hold_no_slot(server):
-    host, port = server.url.removeprefix("http://").split(":")
-    stalled = []
-    for _ in range(4):  # more than max_queue (2): each would otherwise hold a "preparing" slot
-        s = socket.create_connection((host, int(port)))
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                  b"Content-Length: 100\r\n\r\n{")
-        stalled.append(s)
+    stalled = [_stall(server.url) for _ in range(4)]  # more than max_queue (2): each would otherwise hold a slot
     try:
         time.sleep(0.3)  # the four are being read by now (the body deadline is 1 s)
         assert httpx.post(server.url + "/v1/chat/completions", json=HELLO, timeout=60).status_code == 200
         for s in stalled:
-            s.settimeout(30)
-            reply = ""
-            while "}}" not in reply:  # headers and body may arrive in separate packets
-                piece = s.recv(4096).decode()
-                if not piece:
-                    break
-                reply += piece
+            reply = _reply(s)
             assert reply.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in reply
     finally:
         for s in stalled:
             s.close()
+
+
+def _stall(url: str):
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)))
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 100\r\n\r\n{")
+    return s
+
+
+def _reply(s: socket.socket) -> str:
+    s.settimeout(30)
+    reply = ""
+    while "}}" not in reply:  # headers and body may arrive in separate packets
+        piece = s.recv(4096).decode()
+        if not piece:
+            break
+        reply += piece
+    return reply
+
+
+def test_one_client_gets_only_its_share_of_uploads(tiny_model):
+    with running(tiny_model, body_timeout=1.0, max_uploads_per_client=2) as srv:
+        stalled = [_stall(srv.url) for _ in range(2)]
+        try:
+            time.sleep(0.3)  # both bodies are being read
+            third = httpx.post(srv.url + "/v1/chat/completions", json=HELLO, timeout=60)
+            assert third.status_code == 429 and third.json()["error"]["code"] == "too_many_uploads"
+            assert "127.0.0.1 already has 2 request bodies arriving" in third.json()["error"]["message"]
+            assert all(_reply(s).startswith("HTTP/1.1 408") for s in stalled)
+        finally:
+            for s in stalled:
+                s.close()
+        # the deadline gave the share back
+        assert httpx.post(srv.url + "/v1/chat/completions", json=HELLO, timeout=60).status_code == 200
 
 
 def test_cross_site_posts_are_refused_by_origin(server):
@@ -110,6 +135,7 @@ def test_cross_site_posts_are_refused_by_origin(server):
 @pytest.mark.parametrize("args, needle", [
     (["--port", "99999"], "--port must be between 1 and 65535, got 99999"),
     (["--body-timeout", "0"], "--body-timeout must be > 0, got 0.0"),
+    (["--max-uploads-per-client", "-1"], "--max-uploads-per-client must be >= 0 (0: no limit), got -1"),
 ])
 def test_serve_options_are_checked_before_the_model_loads(args, needle):
     proc = subprocess.run([sys.executable, "-m", "llavakit", "serve", "tiny-random", *args], capture_output=True,

@@ -32,7 +32,8 @@ from llavakit.serve.errors import ApiError, bad
 from llavakit.serve.image_input import ImagePolicy
 from llavakit.serve.models import accepts_images
 from llavakit.serve.params import Limits
-from llavakit.serve.requests import CHAT, TEXT, RequestService, Shape, generation_error, ignored_header, read_body
+from llavakit.serve.requests import (CHAT, TEXT, RequestService, Shape, UploadGate, generation_error, ignored_header,
+                                     read_body)
 from llavakit.serve.rows import RowResult
 
 log = logging.getLogger("llavakit.serve")
@@ -46,9 +47,10 @@ class ServeConfig:
     api_key: str | None = None  # Bearer token; None: no auth
     max_body_bytes: int = 20 * 1024 * 1024
     body_timeout: float = 30.0  # seconds for a whole request body to arrive
-    allowed_origins: tuple[str, ...] = ()
+    max_uploads_per_client: int | None = 64  # request bodies read at once from one address (None: no limit)
+    allowed_origins: tuple[str, ...] = ()  # browser origins besides this server's own (e.g. http://localhost:3000)
     image_placement: str = "first"  # a first turn's single image goes before its text, as in training ("keep": as sent)
-    bind_host: str = "127.0.0.1"  # where it listens: on a loopback address, Host must name this machine (DNS rebinding)  # browser origins besides this server's own (e.g. http://localhost:3000)
+    bind_host: str = "127.0.0.1"  # where it listens: on a loopback address, Host must name this machine (DNS rebinding)
     limits: Limits = field(default_factory=Limits)
     images: ImagePolicy = field(default_factory=ImagePolicy)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -204,9 +206,15 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
                            param="model", code="model_not_found")
         return model_card()
 
+    uploads = UploadGate(config.max_uploads_per_client)
+
+    async def body(request: Request) -> bytes:
+        with uploads.upload(request.client.host if request.client else "unknown"):
+            return await read_body(request, config.max_body_bytes, config.body_timeout)
+
     @v1.post("/chat/completions")
     async def chat_completions(request: Request):
-        raw = await read_body(request, config.max_body_bytes, config.body_timeout)  # holds no engine slot
+        raw = await body(request)  # holds no engine slot
         with engine.preparing():  # a batch being collected waits for this request
             req, row = await service.prepare(raw)
             events, handle = service.submit(row)
@@ -216,7 +224,7 @@ def create_app(model, config: ServeConfig, engine: Engine | None = None) -> Fast
 
     @v1.post("/completions")
     async def completions(request: Request):
-        raw = await read_body(request, config.max_body_bytes, config.body_timeout)
+        raw = await body(request)
         with engine.preparing():
             req, row, echo = await service.prepare_completion(raw)
             events, handle = service.submit(row)

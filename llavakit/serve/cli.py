@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lim.add_argument("--max-images", type=int, default=4, help="image parts per request (default 4)")
     lim.add_argument("--max-tokens-cap", type=int, default=1024, help="largest max_tokens a request may ask for")
     lim.add_argument("--body-timeout", type=float, default=30.0, help="seconds for a request body to arrive")
+    lim.add_argument("--max-uploads-per-client", type=int, default=64,
+                     help="request bodies read at once from one client address; more get 429 (0: no limit; "
+                          "behind a reverse proxy all clients share its address)")
     lim.add_argument("--default-max-tokens", type=int, default=512, help="max_tokens when a request gives none")
     eng = parser.add_argument_group("batching")
     eng.add_argument("--max-batch-size", type=int, default=16, help="requests per shared generate call")
@@ -88,6 +91,8 @@ def config_from_args(args, model_id: str):
         raise ConfigError(f"--port must be between 1 and 65535, got {args.port}")
     if not args.body_timeout > 0:
         raise ConfigError(f"--body-timeout must be > 0, got {args.body_timeout}")
+    if args.max_uploads_per_client < 0:
+        raise ConfigError(f"--max-uploads-per-client must be >= 0 (0: no limit), got {args.max_uploads_per_client}")
     root = args.allow_local_files
     if root is not None and not root.is_dir():
         raise ConfigError(f"--allow-local-files {root}: not a directory")
@@ -97,6 +102,7 @@ def config_from_args(args, model_id: str):
         api_key=args.api_key or None,
         max_body_bytes=body,
         body_timeout=args.body_timeout,
+        max_uploads_per_client=args.max_uploads_per_client or None,
         allowed_origins=tuple(args.allow_origin),
         image_placement=args.image_placement,
         bind_host=args.host,

@@ -10,8 +10,10 @@ submits to the :class:`~llavakit.serve.engine.Engine`. :class:`Shape` is what di
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Callable
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -49,6 +51,30 @@ async def read_body(request: Request, limit: int, timeout: float | None = None) 
                            code="request_too_large")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+@dataclass
+class UploadGate:
+    """At most ``per_client`` request bodies being read at once from one client address (``None``: no
+    limit). One client that opens many uploads and stalls them gets 429 past its share, instead of
+    holding connections and memory until each body's deadline. Behind a reverse proxy every client
+    has the proxy's address: raise the limit there. Used from the event loop only, so no lock."""
+
+    per_client: int | None = 64
+    open: Counter = field(default_factory=Counter)
+
+    @contextmanager
+    def upload(self, client: str) -> Iterator[None]:
+        if self.per_client is not None and self.open[client] >= self.per_client:
+            raise ApiError(429, f"{client} already has {self.open[client]} request bodies arriving; this server "
+                                f"reads at most {self.per_client} at once per client", code="too_many_uploads")
+        self.open[client] += 1
+        try:
+            yield
+        finally:
+            self.open[client] -= 1
+            if not self.open[client]:
+                del self.open[client]
 
 
 @dataclass(frozen=True)

@@ -88,10 +88,26 @@ def _content(content, where: str, role: str, image_token: str, images: list[Imag
     return "\n".join(pieces)
 
 
+MAX_INT_DIGITS = 100  # far beyond any count or seed; Python itself refuses 4300+ digits, and slowly
+
+
+class _LongInteger(ValueError):
+    pass
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise _LongInteger(f"the request body holds an integer of {len(text.lstrip('-'))} digits; at most "
+                           f"{MAX_INT_DIGITS} are accepted")
+    return int(text)
+
+
 def _body(raw: bytes, keys: set[str]) -> tuple[dict, list[str]]:
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError; also a 5000-digit integer
+        body = json.loads(raw, parse_int=_int)
+    except _LongInteger as exc:
+        raise bad(str(exc), code="invalid_json") from None
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError
         raise bad(f"the request body is not valid JSON: {str(exc)[:200]}", code="invalid_json") from None
     except RecursionError:
         raise bad("the request body is nested too deeply", code="invalid_json") from None
