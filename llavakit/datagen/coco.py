@@ -8,11 +8,10 @@ When annotations carry our attributes (``size``, ``color``), the box name includ
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llavakit.datagen.facts import FactSet, facts_from_coco
+from llavakit.datagen.facts import FactSet, facts_from_coco, read_bbox
 from llavakit.datagen.jsonio import load_json
 from llavakit.errors import DataError
 
@@ -48,14 +47,7 @@ def box_name(ann: dict, categories: dict[int, str]) -> str:
 def box_lines(image: CocoImage, categories: dict[int, str]) -> list[str]:
     lines = []
     for ann in image.annotations:
-        try:
-            x, y, w, h = (float(v) for v in ann["bbox"])
-        except (TypeError, ValueError, KeyError):
-            raise DataError(f"image {image.id}: annotation {ann.get('id')}: bbox {ann.get('bbox')!r} is not "
-                            "[x, y, w, h]") from None
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
-            raise DataError(f"image {image.id}: annotation {ann.get('id')}: bbox {ann['bbox']} must be finite "
-                            "numbers with w, h >= 0")
+        x, y, w, h = read_bbox(ann, image.id)
         x1, y1 = x / image.width, y / image.height
         x2, y2 = (x + w) / image.width, (y + h) / image.height
         lines.append(f"{box_name(ann, categories)}: [{x1:.3f}, {y1:.3f}, {x2:.3f}, {y2:.3f}]")

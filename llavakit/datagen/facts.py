@@ -33,6 +33,7 @@ to lead the runner-up by ``gap``. Sizes are the ``size`` attribute when annotati
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -235,6 +236,20 @@ def _size_of(ann: dict) -> str | None:
     return "small" if area < 32**2 else "medium" if area < 96**2 else "large"
 
 
+def read_bbox(ann: dict, image_id) -> tuple[float, float, float, float]:
+    """An annotation's COCO ``[x, y, w, h]``: four finite numbers with w, h >= 0, or a DataError naming
+    the image and the annotation (the template and openai teachers read boxes through this)."""
+    try:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+    except (TypeError, ValueError, KeyError):
+        raise DataError(f"image {image_id}: annotation {ann.get('id')}: bbox {ann.get('bbox')!r} is not "
+                        "[x, y, w, h]") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+        raise DataError(f"image {image_id}: annotation {ann.get('id')}: bbox {ann['bbox']} must be finite "
+                        "numbers with w, h >= 0")
+    return x, y, w, h
+
+
 def image_facts(image: dict, annotations: list[dict], categories: dict[int, str],
                 geometry: Geometry | None = None) -> ImageFacts:
     """Facts of one COCO image from its annotations and ``{category_id: name}``."""
@@ -243,7 +258,7 @@ def image_facts(image: dict, annotations: list[dict], categories: dict[int, str]
         w, h = float(image["width"]), float(image["height"])
         objects = []
         for ann in annotations:
-            x, y, bw, bh = (float(v) for v in ann["bbox"])
+            x, y, bw, bh = read_bbox(ann, image.get("id", "?"))
             cat = categories[ann["category_id"]]
             objects.append(Obj(
                 id=ann["id"], shape=cat, color=ann.get("color"), size=_size_of(ann), bbox=(x, y, bw, bh),

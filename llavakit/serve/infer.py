@@ -112,6 +112,9 @@ def answered_ids(out_path: Path) -> set[str]:
 def _prompt(q: dict, image_token: str, has_image: bool) -> str:
     text = q["text"]
     if has_image:
+        if text.count(image_token) > 1:
+            raise DataError(f"question {q['question_id']}: the text holds {text.count(image_token)} {image_token} "
+                            "placeholders but a question has one image")
         return text if image_token in text else f"{image_token}\n{text}"
     if image_token in text:
         raise DataError(f"question {q['question_id']}: the text holds {image_token} but the question has no image")
