@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from llavakit.cli import main
-from llavakit.errors import DataError
+from llavakit.errors import DataError, LlavakitError
 from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image, read_size
 
 
@@ -255,3 +255,26 @@ def test_serve_takes_its_key_from_the_environment_not_the_command_line(monkeypat
     assert config_from_args(build_parser(argv).parse_args(argv), "m").api_key == "from-env"
     monkeypatch.delenv("LLAVAKIT_API_KEY")
     assert config_from_args(build_parser(argv).parse_args(argv), "m").api_key is None
+
+
+@pytest.mark.parametrize("text", ["x" * 70_000, "🙂" * 70_000])  # 70 KB and 280 KB of UTF-8
+def test_a_prompt_no_context_could_hold_is_refused_before_tokenizing(tiny_model, text):
+    from llavakit.serve.api import ServeConfig
+    from llavakit.serve.errors import ApiError
+    from llavakit.serve.requests import RequestService
+    from llavakit.serve.schema import Limits, parse_chat_request
+    from llavakit.serve.chat import ChatSession
+    from llavakit.serve.rows import GenParams
+
+    assert len(text) > 32 * 2048  # tiny-random's context
+    service = RequestService(tiny_model, ServeConfig(model_id="m"), engine=None)
+    service.prompts.encode = lambda *a, **k: pytest.fail("tokenized a prompt over the size bound")
+    raw = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+    with pytest.raises(ApiError) as info:
+        service.build_row(parse_chat_request(raw, Limits(), service.prompts.image_token, "first"), [])
+    assert info.value.code == "context_length_exceeded" and "is 70000 characters" in info.value.message
+    chat = ChatSession(tiny_model, GenParams(4))
+    chat.prompts.encode = service.prompts.encode
+    with pytest.raises(LlavakitError, match="the conversation with this question is 70000 characters"):
+        chat.ask(text)
+    assert chat.turns == []

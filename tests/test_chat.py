@@ -96,7 +96,9 @@ def test_save_to_a_directory_or_under_a_file_keeps_the_session(tiny_model, image
     assert run_session(chat, lines, out, err) == 2
     assert "that is a directory" in err.getvalue() and "cannot write it" in err.getvalue()
     assert "Traceback" not in err.getvalue() and len(chat.turns) == 4  # the conversation went on
-    assert not list(tmp_path.glob("*.tmp"))
+    # no temp file of io.atomic_write (".NAME.tmpPID") beside either target
+    assert not [p for p in tmp_path.rglob("*") if ".tmp" in p.name]
+    assert not list(tmp_path.parent.glob(f".{tmp_path.name}.tmp*"))
 
 
 def test_a_failed_image_switch_says_which_image_the_chat_is_about(tiny_model, image_path):

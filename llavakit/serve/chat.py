@@ -69,6 +69,9 @@ class ChatSession:
         first = not self.turns
         content = f"{token}\n{text}" if first and self.image is not None else text
         turns = [*self.turns, Message(USER, content)]
+        system = self.system if isinstance(self.system, str) else ""  # DEFAULT: the model's own, short
+        self.prompts.check_text_size(sum(len(t.content) for t in turns) + len(system),
+                                     "the conversation with this question")
         pixels = self.model.preprocess([self.image]) if self.image is not None else None
         ids = self.prompts.encode(turns, self.system)
         self.prompts.check_context(ids, self.params.max_new_tokens, "the conversation with this question")

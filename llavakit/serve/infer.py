@@ -185,6 +185,7 @@ def run_inference(model, questions: Sequence[dict], image_folder, out_path, batc
                 batch.append(q)
                 text = _prompt(q, prompts.image_token, image is not None)
                 try:
+                    prompts.check_text_size(len(text) + len(system or ""))
                     ids = prompts.encode([Message(USER, text)], DEFAULT if system is None else system)
                     prompts.check_context(ids, max_new_tokens)
                 except LlavakitError as exc:

@@ -45,6 +45,18 @@ class PromptEncoder:
             raise LlavakitError(f"{what} is {len(ids)} tokens and {budget} is {max_new_tokens}: over the "
                                 f"model's context of {limit} tokens")
 
+    # a token is rarely over this many characters: a longer text cannot fit, whatever it says
+    CHARS_PER_TOKEN_BOUND = 32
+
+    def check_text_size(self, chars: int, what: str = "the prompt") -> None:
+        """Refuse, before tokenizing it, a text no context could hold: the tokenizer then never sees more
+        than ``CHARS_PER_TOKEN_BOUND`` x context characters (chat, infer, API)."""
+        from llavakit.errors import LlavakitError
+
+        limit = self.context_length
+        if limit and chars > self.CHARS_PER_TOKEN_BOUND * limit:
+            raise LlavakitError(f"{what} is {chars} characters, far over the model's context of {limit} tokens")
+
     def encode_text(self, text: str) -> list[int]:
         """Ids of a raw prompt (``/v1/completions``): the tokenizer's own special-token rule, no template."""
         with self._lock:

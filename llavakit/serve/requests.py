@@ -122,11 +122,10 @@ class RequestService:
             raise bad(str(exc), param, "context_length_exceeded") from None
 
     def _check_text_size(self, chars: int, param: str) -> None:
-        """Refuse before tokenizing a text no context could hold (a token is rarely over 32 characters)."""
-        limit = self.prompts.context_length
-        if limit and chars > 32 * limit:
-            raise bad(f"the prompt is {chars} characters, far over the model's context of {limit} tokens", param,
-                      "context_length_exceeded")
+        try:
+            self.prompts.check_text_size(chars)
+        except LlavakitError as exc:
+            raise bad(str(exc), param, "context_length_exceeded") from None
 
     def _check_model(self, name: str) -> None:
         if name != self.config.model_id:
