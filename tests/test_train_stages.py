@@ -293,19 +293,20 @@ def test_the_first_optimizer_step_learns(tmp_path, tiny_model):
     assert changed(before, snapshot(session.unwrapped)) == _names(session.unwrapped, "projector.")
 
 
-def test_resume_falls_back_from_a_corrupt_latest_checkpoint_and_says_so(tmp_path, tiny_model, capsys):
+@pytest.mark.parametrize("torn", ["optimizer-r0.pt", "trainable.safetensors"])
+def test_resume_falls_back_from_a_corrupt_latest_checkpoint_and_says_so(tmp_path, tiny_model, capsys, torn):
     data, images = write_captions(tmp_path, 8)
     cfg = train_config(tmp_path, 1, data, images, max_steps=2, **{"checkpoint.every": 1, "checkpoint.keep_last": 2})
     TrainSession(cfg).train()
     steps = sorted((tmp_path / "out" / "checkpoints").iterdir())
     assert [p.name for p in steps] == ["step-0000001", "step-0000002"]
-    optimizer = steps[1] / "optimizer-r0.pt"
-    optimizer.write_bytes(optimizer.read_bytes()[:-200])  # a torn write
+    file = steps[1] / torn
+    file.write_bytes(file.read_bytes()[:-200])  # a torn write
     session = TrainSession(cfg, resume=True)
     assert session.latest == steps[0]
     err = capsys.readouterr().err
-    assert "step-0000002 cannot be read (optimizer-r0.pt" in err and "set step-0000002 aside" in err
-    assert (tmp_path / "out" / "checkpoints" / ".step-0000002.unreadable" / "optimizer-r0.pt").is_file()
+    assert f"step-0000002 cannot be read ({torn}" in err and "set step-0000002 aside" in err
+    assert (tmp_path / "out" / "checkpoints" / ".step-0000002.unreadable" / torn).is_file()
     assert session.train().steps == 2
     assert [p.name for p in sorted((tmp_path / "out" / "checkpoints").glob("step-*"))] == [s.name for s in steps]
     for step in steps:  # nothing readable at all: one clear error

@@ -144,19 +144,40 @@ def _load_from_dir(path: str, dtype: torch.dtype, with_tokenizer: bool = True):
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path) if with_tokenizer else None
-        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True)
+        # mismatched shapes are reported in ``info`` (and refused below), not raised from deep inside
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, output_loading_info=True,
+                                                           ignore_mismatched_sizes=True)
     except OSError as exc:
         raise ConfigError(f"language model {path!r} cannot be loaded: {exc}") from None
     except (SafetensorError, pickle.UnpicklingError, EOFError) as exc:  # a truncated / corrupt weight file
-        raise LlavakitError(f"language model {path}: its weight file is unreadable ({type(exc).__name__}: "
-                            f"{str(exc)[:200]})") from None
-    missing = [k for k in info.get("missing_keys", []) if k not in _tied_keys(model)]
-    if missing or info.get("mismatched_keys"):
-        what = (f"{len(missing)} tensors its config.json asks for are missing from its weights (first: {missing[0]})"
-                if missing else f"tensors of the wrong shape (first: {info['mismatched_keys'][0]})")
+        raise LlavakitError(f"language model {path}: its weight file {_unreadable_file(path)} is unreadable "
+                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    missing = sorted(k for k in info.get("missing_keys", []) if k not in _tied_keys(model))
+    mismatched = sorted(info.get("mismatched_keys", []))  # (name, shape in the weights, shape by config.json)
+    if missing or mismatched:
+        if missing:
+            what = f"{len(missing)} tensors its config.json asks for are missing from its weights (first: {missing[0]})"
+        else:
+            name, stored, wanted = mismatched[0]
+            what = (f"{len(mismatched)} tensors have another shape than config.json implies (first: {name} is "
+                    f"{list(stored)} in the weights, {list(wanted)} by config.json)")
         raise LlavakitError(f"language model {path}: config.json and weights disagree — {what}; "
                             "a model loaded so would run with random layers")
     return model, tokenizer
+
+
+def _unreadable_file(path: str) -> str:
+    """The name of the first weight file of ``path`` that safetensors cannot open (for the error)."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(Path(path).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), "pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key)
+        except (SafetensorError, OSError):
+            return file.name
+    return "(a .bin file)"
 
 
 def _tied_keys(model) -> set[str]:
