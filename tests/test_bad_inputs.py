@@ -211,6 +211,49 @@ def test_datagen_an_unset_api_key_variable_sends_nothing(tmp_path, capsys, monke
     assert _Counting.seen == [] and not (tmp_path / "out.json").exists()
 
 
+class _Slow(http.server.BaseHTTPRequestHandler):
+    models: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.models.append(body.get("model"))
+        time.sleep(2)  # a teacher that takes its time: the first run holds the output meanwhile
+        self.send_response(500)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_datagen_a_second_run_on_the_same_output_is_refused_and_pays_nothing(tmp_path, capsys, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    captions, instances = _coco(tmp_path, [1, 2, 30, 40])
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    common = ["datagen", "--captions", str(captions), "--instances", str(instances), "--out", str(tmp_path / "o.json"),
+              "--teacher", "openai", "--quiet", "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1",
+              "--api-key-env", "LLAVAKIT_TEST_KEY", "--max-retries", "0", "--concurrency", "1"]
+    first = subprocess.Popen([sys.executable, "-m", "llavakit", *common, "--model", "first"],
+                             env={**os.environ, "LLAVAKIT_TEST_KEY": "k"}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _Slow.models and time.monotonic() < deadline:  # the first run is asking its teacher
+            time.sleep(0.1)
+        assert _Slow.models == ["first"]
+        monkeypatch.setenv("LLAVAKIT_TEST_KEY", "k")
+        assert main([*common, "--model", "second"]) == 2
+        assert "o.json is being written by another run" in one_error_line(capsys, "datagen")
+    finally:
+        first.kill()
+        first.wait()
+        server.shutdown()
+    assert "second" not in _Slow.models
+
+
 @pytest.fixture
 def folder(tmp_path):
     images = tmp_path / "images"
