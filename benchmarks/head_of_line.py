@@ -9,13 +9,17 @@ request (``--short-tokens``) arrives every ``--gap`` seconds, ``--shorts`` in al
 - ``taking turns`` (``join_running=False``, ``max_cohorts=4``, ``slice_ms=100``): arrivals form
   their own batch at once and the batches alternate, pausing at token boundaries (KV caches kept);
 - ``joining the running batch`` (the default): arrivals are prefilled and then join the running
-  batch at the next step (continuous batching); finished rows leave it.
+  batch at the next step (continuous batching); finished rows leave it;
+- ``joining at most every --join-gap-ms``: the same, but arrivals within the gap after a join wait
+  and join together (``llavakit serve --join-gap-ms``): what the gap costs a short request's latency
+  when the server is not saturated.
 
 Printed per arm (median over ``--rounds``, arms alternating, one run on this machine): the short
 requests' latency p50 / p95 (submit → answer), the long requests' time, and the tokens generated.
 
     python benchmarks/head_of_line.py                        # nano: 1 x 300 tokens, 6 shorts of 2 tokens
     python benchmarks/head_of_line.py --model tiny-random --long-tokens 1000
+    python benchmarks/head_of_line.py --shorts 20 --gap 0.1       # arrivals closer than the join gap
 """
 
 from __future__ import annotations
@@ -88,6 +92,7 @@ def main() -> None:
     p.add_argument("--short-tokens", type=int, default=2)
     p.add_argument("--gap", type=float, default=0.5)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--join-gap-ms", type=float, default=250.0, help="the gap of the last arm")
     a = p.parse_args()
 
     from llavakit.model import load_model
@@ -97,7 +102,8 @@ def main() -> None:
     encoder = PromptEncoder(model)
     arms = {"one batch at a time (max_cohorts=1, no joining)": dict(max_cohorts=1, join_running=False),
             "taking turns (max_cohorts=4, slice 100 ms, no joining)": dict(join_running=False),
-            "joining the running batch (default)": dict()}
+            "joining the running batch (default)": dict(),
+            f"joining at most every {a.join_gap_ms:g} ms": dict(join_gap_ms=a.join_gap_ms)}
     results: dict[str, list[dict]] = {name: [] for name in arms}
     warm = argparse.Namespace(**{**vars(a), "long_tokens": 8, "shorts": 1, "gap": 0.0})
     measure(model, encoder, {}, warm)
