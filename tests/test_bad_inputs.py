@@ -12,6 +12,7 @@ import struct
 import threading
 import time
 import zlib
+from contextlib import contextmanager
 
 import pytest
 from PIL import Image
@@ -115,19 +116,15 @@ def test_a_trickling_image_host_is_cut_off_by_the_whole_fetch_deadline():
     from llavakit.serve.image_input import ImagePolicy, fetch_bytes
     from llavakit.serve.schema import ImagePart
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Trickle)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(_Trickle) as url:
         policy = ImagePolicy(allow_remote=True, allow_private_hosts=True, remote_timeout=1.0)
-        part = ImagePart(f"http://127.0.0.1:{server.server_address[1]}/slow.png", "messages[0].content[0]")
+        part = ImagePart(url + "/slow.png", "messages[0].content[0]")
         began = time.monotonic()
         with pytest.raises(ApiError) as info:
             asyncio.run(fetch_bytes(part, policy))
         assert time.monotonic() - began < 5
-        assert info.value.status == 400 and info.value.code == "image_fetch_failed"
-        assert info.value.message == "messages[0].content[0]: fetching the image took longer than 1.0 s"
-    finally:
-        server.shutdown()
+    assert info.value.status == 400 and info.value.code == "image_fetch_failed"
+    assert info.value.message == "messages[0].content[0]: fetching the image took longer than 1.0 s"
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/a.png", "gopher://example.com/a", "javascript:alert(1)",
@@ -182,47 +179,50 @@ def test_datagen_a_nan_bbox_is_one_line_and_writes_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-class _Counting(http.server.BaseHTTPRequestHandler):
-    seen: list = []
+class _Teacher(http.server.BaseHTTPRequestHandler):
+    """A teacher endpoint that records the model each request names, waits ``delay`` s and fails (500)."""
 
-    def do_POST(self):  # noqa: N802
-        self.seen.append(self.path)
+    delay = 0.0
+    models: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's name
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.models.append(body.get("model"))
+        time.sleep(self.delay)
         self.send_response(500)
         self.end_headers()
 
     def log_message(self, *args):
         pass
+
+
+@contextmanager
+def serving(handler):
+    """``handler`` on a loopback port for the block; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+def _datagen(captions, instances, out, url: str, key_env: str) -> list[str]:
+    return ["datagen", "--captions", str(captions), "--instances", str(instances), "--out", str(out),
+            "--teacher", "openai", "--quiet", "--base-url", url + "/v1", "--api-key-env", key_env,
+            "--max-retries", "0", "--concurrency", "1"]
 
 
 def test_datagen_an_unset_api_key_variable_sends_nothing(tmp_path, capsys, monkeypatch):
     captions, instances = _coco(tmp_path, [1, 2, 30, 40])
     monkeypatch.delenv("LLAVAKIT_TEST_UNSET_KEY", raising=False)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        code = main(["datagen", "--captions", str(captions), "--instances", str(instances),
-                     "--out", str(tmp_path / "out.json"), "--teacher", "openai", "--model", "m", "--quiet",
-                     "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1",
-                     "--api-key-env", "LLAVAKIT_TEST_UNSET_KEY", "--max-retries", "0"])
-    finally:
-        server.shutdown()
+    teacher = type("Teacher", (_Teacher,), {"models": []})
+    with serving(teacher) as url:
+        code = main([*_datagen(captions, instances, tmp_path / "out.json", url, "LLAVAKIT_TEST_UNSET_KEY"),
+                     "--model", "m"])
     assert code == 2
     assert "LLAVAKIT_TEST_UNSET_KEY" in one_error_line(capsys, "datagen")
-    assert _Counting.seen == [] and not (tmp_path / "out.json").exists()
-
-
-class _Slow(http.server.BaseHTTPRequestHandler):
-    models: list = []
-
-    def do_POST(self):  # noqa: N802
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.models.append(body.get("model"))
-        time.sleep(2)  # a teacher that takes its time: the first run holds the output meanwhile
-        self.send_response(500)
-        self.end_headers()
-
-    def log_message(self, *args):
-        pass
+    assert teacher.models == [] and not (tmp_path / "out.json").exists()
 
 
 def test_datagen_a_second_run_on_the_same_output_is_refused_and_pays_nothing(tmp_path, capsys, monkeypatch):
@@ -231,27 +231,24 @@ def test_datagen_a_second_run_on_the_same_output_is_refused_and_pays_nothing(tmp
     import sys
 
     captions, instances = _coco(tmp_path, [1, 2, 30, 40])
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    common = ["datagen", "--captions", str(captions), "--instances", str(instances), "--out", str(tmp_path / "o.json"),
-              "--teacher", "openai", "--quiet", "--base-url", f"http://127.0.0.1:{server.server_address[1]}/v1",
-              "--api-key-env", "LLAVAKIT_TEST_KEY", "--max-retries", "0", "--concurrency", "1"]
-    first = subprocess.Popen([sys.executable, "-m", "llavakit", *common, "--model", "first"],
-                             env={**os.environ, "LLAVAKIT_TEST_KEY": "k"}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 120
-        while not _Slow.models and time.monotonic() < deadline:  # the first run is asking its teacher
-            time.sleep(0.1)
-        assert _Slow.models == ["first"]
-        monkeypatch.setenv("LLAVAKIT_TEST_KEY", "k")
-        assert main([*common, "--model", "second"]) == 2
-        assert "o.json is being written by another run" in one_error_line(capsys, "datagen")
-    finally:
-        first.kill()
-        first.wait()
-        server.shutdown()
-    assert "second" not in _Slow.models
+    teacher = type("Teacher", (_Teacher,), {"models": [], "delay": 2.0})  # the first run holds the output meanwhile
+    with serving(teacher) as url:
+        common = _datagen(captions, instances, tmp_path / "o.json", url, "LLAVAKIT_TEST_KEY")
+        first = subprocess.Popen([sys.executable, "-m", "llavakit", *common, "--model", "first"],
+                                 env={**os.environ, "LLAVAKIT_TEST_KEY": "k"}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not teacher.models and time.monotonic() < deadline:  # the first run is asking its teacher
+                time.sleep(0.1)
+            assert teacher.models == ["first"]
+            monkeypatch.setenv("LLAVAKIT_TEST_KEY", "k")
+            assert main([*common, "--model", "second"]) == 2
+            assert "o.json is being written by another run" in one_error_line(capsys, "datagen")
+        finally:
+            first.kill()
+            first.wait()
+    assert "second" not in teacher.models
 
 
 @pytest.fixture
