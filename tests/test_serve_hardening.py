@@ -112,6 +112,7 @@ def test_one_client_gets_only_its_share_of_uploads(tiny_model):
             time.sleep(0.3)  # both bodies are being read
             third = httpx.post(srv.url + "/v1/chat/completions", json=HELLO, timeout=60)
             assert third.status_code == 429 and third.json()["error"]["code"] == "too_many_uploads"
+            assert third.json()["error"]["type"] == "rate_limit_error" and third.headers["Retry-After"] == "1"
             assert "127.0.0.1 already has 2 request bodies arriving" in third.json()["error"]["message"]
             assert all(_reply(s).startswith("HTTP/1.1 408") for s in stalled)
         finally:

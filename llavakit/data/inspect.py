@@ -1,10 +1,11 @@
 """`llavakit data inspect FILE`: what a LLaVA data file holds and what the model will learn from it.
 
 Prints record counts, the image / text-only split, rounds per conversation, a token-length
-histogram, invalid records with their reasons, too-long samples, missing or unreadable
-images (each image's header; ``--check-images`` decodes them all), and one sample rendered token by token with the supervised
-spans highlighted (green; marked ⟦ ⟧ when the output has no colour) and image spans collapsed.
-Only the tokenizer is loaded (:func:`llavakit.model.tokenizer.load_processor`), never model weights.
+histogram, invalid records with their reasons, too-long samples, missing or unreadable images
+(each image's header is read; ``--check-images`` decodes them all), and one sample rendered token by
+token with the supervised spans highlighted (green; marked ⟦ ⟧ when the output has no colour) and
+image spans collapsed. Only the tokenizer is loaded (:func:`llavakit.model.tokenizer.load_processor`),
+never model weights.
 """
 
 from __future__ import annotations

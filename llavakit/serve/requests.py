@@ -67,7 +67,8 @@ class UploadGate:
     def upload(self, client: str) -> Iterator[None]:
         if self.per_client is not None and self.open[client] >= self.per_client:
             raise ApiError(429, f"{client} already has {self.open[client]} request bodies arriving; this server "
-                                f"reads at most {self.per_client} at once per client", code="too_many_uploads")
+                                f"reads at most {self.per_client} at once per client", type="rate_limit_error",
+                           code="too_many_uploads", headers={"Retry-After": "1"})
         self.open[client] += 1
         try:
             yield
