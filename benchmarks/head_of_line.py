@@ -12,7 +12,8 @@ request (``--short-tokens``) arrives every ``--gap`` seconds, ``--shorts`` in al
   batch at the next step (continuous batching); finished rows leave it;
 - ``joining at most every --join-gap-ms``: the same, but arrivals within the gap after a join wait
   and join together (``llavakit serve --join-gap-ms``): what the gap costs a short request's latency
-  when the server is not saturated.
+  when the server is not saturated. Only arrivals closer than the gap can wait: with the default
+  ``--gap`` 0.5 s none do, so measure it with ``--gap`` below ``--join-gap-ms`` (the third example).
 
 Printed per arm (median over ``--rounds``, arms alternating, one run on this machine): the short
 requests' latency p50 / p95 (submit → answer), the long requests' time, and the tokens generated.

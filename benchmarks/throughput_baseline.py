@@ -107,7 +107,7 @@ def worker_same_model(a) -> dict:
     work = Path(a.work)
     hf, lk = _baseline_model(work, 2)
     ds = LlavaDataset(load_records(work / "stage2.json"), lk.processor, image_folder=work / "images", progress=False)
-    batch = Collator(lk.tokenizer.pad_token_id, image_fn=pixel_image_fn(lk.preprocess))([ds[0], ds[1]])
+    batch = Collator(lk.tokenizer.pad_token_id, image_fn=pixel_image_fn.for_model(lk))([ds[0], ds[1]])
     batch.pop("ids"), batch.pop("skipped")
     with torch.no_grad():
         ours = float(lk(**batch).loss)

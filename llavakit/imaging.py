@@ -58,24 +58,29 @@ def to_rgb(img: Image.Image) -> Image.Image:
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
-# Per image, from its header before decoding: chat / infer / serve (--max-image-pixels), training,
-# alignment and `data inspect` alike. With a ``pad`` model the square it is padded to counts too.
+# One rule for every image, checked from its header before decoding (:func:`check_size`): the pixel
+# count, and with a ``pad`` model the square it is padded to. The limit differs by who sends images:
+# chat / infer / serve take them from users (``--max-image-pixels``); training, alignment and `data
+# inspect` read a dataset (``data.max_image_pixels``: a 16 MP phone photo, padded, is 21 M pixels).
 DEFAULT_MAX_PIXELS = 4096 * 4096
+DATA_MAX_PIXELS = 8192 * 8192
 
 
-def check_size(width: int, height: int, what: str, max_pixels: int | None, canvas: bool = False) -> None:
-    """Refuse an image over ``max_pixels`` (``canvas``: also the square a ``pad`` model pads it to)."""
-    if max_pixels is None:
+def check_size(width: int, height: int, what: str, max_pixels: int | None, canvas: bool = False,
+               knob: str = "--max-image-pixels") -> None:
+    """Refuse an image over ``max_pixels`` (``canvas``: also the square a ``pad`` model pads it to);
+    ``knob`` is the option that raises the limit, named in the error."""
+    if not max_pixels:
         return
     if width * height > max_pixels:
         raise DataError(f"image {what} is {width}x{height} = {width * height} pixels, over the limit of {max_pixels} "
-                        "(--max-image-pixels)")
+                        f"({knob})")
     if canvas and max(width, height) ** 2 > max_pixels:
         raise DataError(f"image {what} is {width}x{height}: this model pads it to a {max(width, height)}-pixel "
-                        f"square, over the limit of {max_pixels} pixels (crop it, or raise --max-image-pixels)")
+                        f"square, over the limit of {max_pixels} pixels (crop it, or raise {knob})")
 
 
-def _open(path: Path, max_pixels: int | None, canvas: bool):
+def _open(path: Path, max_pixels: int | None, canvas: bool, knob: str):
     """Open ``path`` (the header only) and check its size; errors are DataErrors naming the file."""
     try:
         img = Image.open(path)
@@ -88,25 +93,27 @@ def _open(path: Path, max_pixels: int | None, canvas: bool):
     except _DECODE_ERRORS as exc:
         raise DataError(f"image {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
     try:
-        check_size(*img.size, str(path), max_pixels, canvas)
+        check_size(*img.size, str(path), max_pixels, canvas, knob)
     except DataError:
         img.close()
         raise
     return img
 
 
-def read_size(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, canvas: bool = False) -> tuple[int, int]:
+def read_size(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, canvas: bool = False,
+              knob: str = "--max-image-pixels") -> tuple[int, int]:
     """An image file's ``(width, height)`` from its header, nothing decoded: a missing, empty or
     non-image file, or one over ``max_pixels``, raises DataError naming it (a cheap check of a dataset)."""
-    with _open(Path(path), max_pixels, canvas) as img:
+    with _open(Path(path), max_pixels, canvas, knob) as img:
         return img.size
 
 
-def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, canvas: bool = False) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, canvas: bool = False,
+               knob: str = "--max-image-pixels") -> Image.Image:
     """Open and fully decode an image as RGB; a corrupt or missing file raises DataError, and so does
-    one over ``max_pixels`` (see :func:`check_size`), before it is decoded. ``None``: no limit."""
+    one over ``max_pixels`` (see :func:`check_size`), before it is decoded. ``None`` or 0: no limit."""
     path = Path(path)
-    with _open(path, max_pixels, canvas) as img:
+    with _open(path, max_pixels, canvas, knob) as img:
         try:
             img.load()
             return to_rgb(img)
@@ -114,9 +121,10 @@ def load_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, ca
             raise DataError(f"image {path} cannot be decoded: {type(exc).__name__}: {exc}") from None
 
 
-def image_reader(image_mode: str) -> Callable[[str | Path], Image.Image]:
-    """:func:`load_image` with the default pixel limit and ``image_mode``'s canvas (picklable)."""
-    return functools.partial(load_image, canvas=image_mode == "pad")
+def image_reader(image_mode: str, max_pixels: int | None = DATA_MAX_PIXELS,
+                 knob: str = "data.max_image_pixels") -> Callable[[str | Path], Image.Image]:
+    """:func:`load_image` for a dataset: ``max_pixels`` and ``image_mode``'s canvas (picklable)."""
+    return functools.partial(load_image, max_pixels=max_pixels, canvas=image_mode == "pad", knob=knob)
 
 
 def fit_square(img: Image.Image, size: int, mode: str, fill: Sequence[float] = (0.5, 0.5, 0.5)) -> Image.Image:

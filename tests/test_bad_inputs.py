@@ -19,7 +19,7 @@ from PIL import Image
 
 from llavakit.cli import main
 from llavakit.errors import DataError, LlavakitError
-from llavakit.imaging import DEFAULT_MAX_PIXELS, load_image, read_size
+from llavakit.imaging import load_image, read_size
 
 
 def png_header(width: int, height: int) -> bytes:
@@ -71,25 +71,29 @@ def test_a_real_image_with_the_wrong_extension_loads_by_its_content(tmp_path):
 
 def test_training_refuses_an_image_a_pad_model_would_blow_up(tmp_path):
     from llavakit.data.batching import pixel_image_fn
+    from llavakit.imaging import DATA_MAX_PIXELS
 
-    Image.new("RGB", (5000, 1)).save(tmp_path / "thin.png")  # 5000 pixels; padded: 25 million
-    assert 5000 ** 2 > DEFAULT_MAX_PIXELS
-    with pytest.raises(DataError, match="pads it to a 5000-pixel square"):
+    Image.new("RGB", (9000, 1)).save(tmp_path / "thin.png")  # 9000 pixels; padded: 81 million
+    assert 9000 ** 2 > DATA_MAX_PIXELS
+    with pytest.raises(DataError, match="pads it to a 9000-pixel square, .* raise data.max_image_pixels"):
         pixel_image_fn(lambda images: images, "pad")([tmp_path / "thin.png"])
-    assert pixel_image_fn(lambda images: images, "square")([tmp_path / "thin.png"])["pixel_values"][0].size == (5000, 1)
+    assert pixel_image_fn(lambda images: images, "square")([tmp_path / "thin.png"])["pixel_values"][0].size == (9000, 1)
+    assert pixel_image_fn(lambda images: images, "pad", max_pixels=0)([tmp_path / "thin.png"])  # 0: no limit
 
 
-def test_data_inspect_flags_an_unreadable_image_without_decoding_all(tmp_path, capsys):
+def test_data_inspect_flags_unreadable_and_oversized_images_without_decoding_all(tmp_path, capsys):
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    Image.new("RGB", (9000, 1)).save(tmp_path / "thin.png")  # 9000 pixels; tiny-random pads it to 81 million
     (tmp_path / "empty.png").write_bytes(b"")
     turn = [{"from": "human", "value": "<image>\nhi"}, {"from": "gpt", "value": "x"}]
     data = tmp_path / "d.json"
-    data.write_text(json.dumps([{"id": "good", "image": "ok.png", "conversations": turn},
-                                {"id": "hollow", "image": "empty.png", "conversations": turn}]))
+    data.write_text(json.dumps([{"id": i, "image": f"{name}.png", "conversations": turn}
+                                for i, name in (("good", "ok"), ("hollow", "empty"), ("needle", "thin"))]))
     assert main(["data", "inspect", str(data), "--image-folder", str(tmp_path), "--model", "tiny-random"]) == 0
     out = capsys.readouterr().out
-    assert "images: 2 samples checked, 1 missing or unreadable" in out
+    assert "images: 3 samples checked, 2 missing, unreadable or oversized" in out
     assert "hollow: image" in out and "empty.png cannot be decoded" in out and "good:" not in out
+    assert "needle: image" in out and "pads it to a 9000-pixel square, over the limit of 67108864" in out
 
 
 # --- remote images ----------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def test_collator_stops_when_too_many_images_fail(image_dir):
     ok, nope = image_dir / "ok.png", image_dir / "nope.png"
     batch = collate([ex(f"g{i}", [1], images=[ok]) for i in range(48)] + [ex("bad0", [1], images=[nope])])
     assert len(batch["ids"]) == 48 and loader.seen == 49  # 1 bad of 49: under min_samples, recorded
-    with pytest.raises(DataError, match=r"1 of 50 samples had a missing or corrupt image \(more than 1.0%\); "
+    with pytest.raises(DataError, match=r"1 of 50 samples had a missing, corrupt or oversized image \(more than 1.0%\); "
                                         r"bad ids: bad0; first reason: image .*nope.png does not exist"):
         collate([ex("g48", [1], images=[ok])])
 
@@ -99,7 +99,7 @@ def test_threshold_counts_after_minimum():
         assert loader(f"bad{i}", ["x.png"]) is None  # 3 bad early: under min_samples, recorded only
     for i in range(16):
         loader.count_ok()
-    with pytest.raises(DataError, match=r"3 of 20 samples had a missing or corrupt image \(more than 5.0%\); bad ids: bad0, bad1, bad2"):
+    with pytest.raises(DataError, match=r"3 of 20 samples had a missing, corrupt or oversized image \(more than 5.0%\); bad ids: bad0, bad1, bad2"):
         loader.count_ok()
     ok = ImageLoader(bad_fn, max_bad_fraction=0.05, min_samples=20)
     ok.load_state_dict({"seen": 100, "bad": [["x", "why"]]})

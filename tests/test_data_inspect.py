@@ -89,7 +89,7 @@ def test_inspect_reports_everything(data_file, capsys):
     assert "record gptfirst: conversations[0]: the conversation starts with gpt" in out
     assert "record twoimg: 2 <image> placeholder(s) in the conversation but 1 image" in out
     assert "record escape: image '../images/../secret.png' escapes the image folder" in out
-    assert "images: 3 samples checked, 2 missing or undecodable" in out
+    assert "images: 3 samples checked, 2 missing, undecodable or oversized" in out
     assert "gone: missing" in out and "broke: image" in out and "cannot be decoded" in out
     # the rendered sample: supervised spans marked, image span collapsed
     assert "sample img1" in out

@@ -159,3 +159,19 @@ def test_an_allowed_origin_gets_cors_answers(server):
         "Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization,content-type"})
     assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
+def test_an_upload_limit_of_zero_or_none_means_no_limit():
+    from llavakit.serve.errors import ApiError
+    from llavakit.serve.requests import UploadGate
+
+    for unlimited in (UploadGate(0), UploadGate(None)):
+        with unlimited.upload("a"), unlimited.upload("a"), unlimited.upload("a"):
+            assert unlimited.open["a"] == 3
+        assert not unlimited.open  # every count given back
+    one = UploadGate(1)
+    with one.upload("a"), one.upload("b"):  # a share per address
+        with pytest.raises(ApiError, match="a already has 1 request bodies arriving"):
+            with one.upload("a"):
+                pass
+    assert not one.open

@@ -107,3 +107,13 @@ def test_two_process_ddp_equals_one_process_with_the_same_global_batch(tmp_path)
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=2e-5)
     shards = {p.name.split("-")[0] for p in (tmp_path / "f2").glob("*/shards/*.npy")}
     assert shards == {"r0", "r1"}  # each rank cached its share of the images
+
+
+def test_a_setting_added_after_a_run_was_recorded_counts_as_its_default():
+    from llavakit.train.resume import _diff
+
+    defaults = {"data": {"path": None, "max_image_pixels": 64}}
+    saved = {"data": {"path": "d.json"}}  # written before data.max_image_pixels existed
+    assert _diff(saved, {"data": {"path": "d.json", "max_image_pixels": 64}}, defaults) == []
+    assert _diff(saved, {"data": {"path": "d.json", "max_image_pixels": 32}}, defaults) == ["data.max_image_pixels"]
+    assert _diff(saved, {"data": {"path": "e.json", "max_image_pixels": 64}}, defaults) == ["data.path"]

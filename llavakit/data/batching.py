@@ -3,7 +3,7 @@
 Interface (consumed by the trainer)::
 
     collate = Collator(tokenizer.pad_token_id, padding_side="right",
-                       image_fn=pixel_image_fn(model.preprocess))     # or a feature-cache lookup
+                       image_fn=pixel_image_fn.for_model(model))     # or a feature-cache lookup
     batch = collate([ds[i] for i in idx])
     # {"input_ids", "attention_mask", "labels": LongTensor (B, T), "ids": [str],
     #  "pixel_values" or "image_features": images of the batch in order of appearance (absent
@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from llavakit.imaging import image_reader
+from llavakit.imaging import DATA_MAX_PIXELS, image_reader
 from llavakit.conversation.processor import IGNORE_INDEX
 from llavakit.errors import ConfigError, DataError
 
@@ -45,12 +45,17 @@ IMAGE_KEYS = ("pixel_values", "image_features")
 class pixel_image_fn:  # noqa: N801 - used like a function; a class so DataLoader workers can pickle it
     """``image_fn`` that decodes images from disk and runs ``preprocess`` (e.g. ``model.preprocess``).
 
-    ``image_mode``: the tower's, so a ``pad`` model refuses an image whose padded square is over the
-    pixel limit (:func:`llavakit.imaging.check_size`) before decoding it."""
+    ``image_mode``: the tower's, so a ``pad`` model refuses an image whose padded square is over
+    ``max_pixels`` (:func:`llavakit.imaging.check_size`) before decoding it; :meth:`for_model` takes
+    both from a model."""
 
-    def __init__(self, preprocess: Callable, image_mode: str = "square"):
+    def __init__(self, preprocess: Callable, image_mode: str = "square", max_pixels: int | None = DATA_MAX_PIXELS):
         self.preprocess = preprocess
-        self.read = image_reader(image_mode)
+        self.read = image_reader(image_mode, max_pixels)
+
+    @classmethod
+    def for_model(cls, model, max_pixels: int | None = DATA_MAX_PIXELS) -> "pixel_image_fn":
+        return cls(model.preprocess, model.vision_tower.config.image_mode, max_pixels)
 
     def __call__(self, paths: Sequence) -> dict:
         return {"pixel_values": self.preprocess([self.read(p) for p in paths])}
@@ -94,7 +99,7 @@ class ImageLoader:
     def check(self) -> None:
         if self.seen >= self.min_samples and len(self.bad) > self.max_bad_fraction * self.seen:
             raise DataError(
-                f"{len(self.bad)} of {self.seen} samples had a missing or corrupt image (more than "
+                f"{len(self.bad)} of {self.seen} samples had a missing, corrupt or oversized image (more than "
                 f"{self.max_bad_fraction:.1%}); bad ids: " + ", ".join(i for i, _ in self.bad[:50])
                 + (" ..." if len(self.bad) > 50 else "") + f"; first reason: {self.bad[0][1]}"
             )

@@ -21,6 +21,7 @@ from llavakit.data.dataset import LONG_POLICIES, LlavaDataset, load_records
 from llavakit.conversation.processor import IGNORE_INDEX, PLACEMENTS
 from llavakit.conversation.templates import TEMPLATES
 from llavakit.errors import LlavakitError
+from llavakit.imaging import DATA_MAX_PIXELS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system-prompt", help="system prompt (default: the model's / template's)")
     parser.add_argument("--sample", help="id or index (#N) of the sample to render (default: the first)")
     parser.add_argument("--check-images", action="store_true", help="decode every image (slow), not only read its header")
+    parser.add_argument("--max-image-pixels", type=int, default=DATA_MAX_PIXELS,
+                        help="flag images over this many pixels (with a pad model: its padded square), as training "
+                             "would with data.max_image_pixels (0: no limit)")
     parser.add_argument("--bins", type=int, default=10, help="token-length histogram bins")
     parser.add_argument("--batch-size", type=int, default=16,
                         help="report an epoch's padding at this per-device batch size, with and without length grouping")
@@ -99,7 +103,7 @@ def _pick(ds: LlavaDataset, wanted: str | None) -> int | None:
     raise LlavakitError(f"--sample {wanted}: no kept sample has that id (or record index #N)")
 
 
-def _check_images(ds: LlavaDataset, decode: bool, show: int) -> list[str]:
+def _check_images(ds: LlavaDataset, decode: bool, show: int, max_pixels: int, canvas: bool) -> list[str]:
     from llavakit.progress import bar as progress_bar
 
     from llavakit.errors import DataError
@@ -113,10 +117,11 @@ def _check_images(ds: LlavaDataset, decode: bool, show: int) -> list[str]:
                 bad.append((ds.record(i).id, f"missing {path}"))
                 continue
             try:  # without --check-images only the header: empty, non-image and oversized files
-                load_image(path) if decode else read_size(path)
+                (load_image if decode else read_size)(path, max_pixels, canvas, "--max-image-pixels")
             except DataError as exc:
                 bad.append((ds.record(i).id, str(exc)))
-    what = "missing or undecodable" if decode else "missing or unreadable (headers read; --check-images decodes)"
+    what = ("missing, undecodable or oversized" if decode
+            else "missing, unreadable or oversized (headers read; --check-images decodes)")
     lines = [f"images: {len(todo)} samples checked, {len(bad)} {what}"]
     lines += [f"  {rid}: {reason}" for rid, reason in bad[:show]]
     return lines
@@ -126,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
 
+    from llavakit.model.spec import config_of
     from llavakit.model.tokenizer import load_processor
 
     console = Console(highlight=False, soft_wrap=True)
@@ -176,7 +182,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[yellow]{len(rep.cut)} cut at a turn boundary to fit {args.max_length} tokens:[/yellow] "
                       + escape(", ".join(f"{i} ({a}→{b} turns)" for i, a, b in rep.cut[: args.show])))
     if folder is not None:
-        for line in _check_images(ds, args.check_images, args.show):
+        config = config_of(args.model)  # None for a foreign layout: its pad rule is not known without weights
+        canvas = config is not None and config.vision.image_mode == "pad"
+        for line in _check_images(ds, args.check_images, args.show, args.max_image_pixels, canvas):
             console.print(escape(line))
     elif n_mm:
         console.print("  images not checked (pass --image-folder)")

@@ -53,8 +53,7 @@ def _losses(model, records: Sequence[dict], image_folder: Path, batch_size: int,
                       long_policy="truncate", image_placement="first", progress=False)
     if ds.report.bad or ds.report.dropped:
         raise DataError(f"answer loss: {ds.report.summary()}")
-    image_fn = pixel_image_fn(model.preprocess, model.vision_tower.config.image_mode)
-    collate = Collator(model.processor.tokenizer.pad_token_id, image_fn=image_fn)
+    collate = Collator(model.processor.tokenizer.pad_token_id, image_fn=pixel_image_fn.for_model(model))
     sums, counts = defaultdict(float), defaultdict(int)
     device = next(model.projector.parameters()).device
     model.eval()

@@ -158,9 +158,11 @@ def _load_from_dir(path: str, dtype: torch.dtype, with_tokenizer: bool = True):
         if missing:
             what = f"{len(missing)} tensors its config.json asks for are missing from its weights (first: {missing[0]})"
         else:
-            name, stored, wanted = mismatched[0]
-            what = (f"{len(mismatched)} tensors have another shape than config.json implies (first: {name} is "
-                    f"{list(stored)} in the weights, {list(wanted)} by config.json)")
+            first = mismatched[0]  # transformers 5: (name, stored shape, wanted shape); 4.x: the name alone
+            shapes = (f" is {list(first[1])} in the weights, {list(first[2])} by config.json"
+                      if isinstance(first, tuple) else "")
+            what = (f"{len(mismatched)} tensors have another shape than config.json implies (first: "
+                    f"{first[0] if isinstance(first, tuple) else first}{shapes})")
         raise LlavakitError(f"language model {path}: config.json and weights disagree — {what}; "
                             "a model loaded so would run with random layers")
     return model, tokenizer
@@ -177,7 +179,7 @@ def _unreadable_file(path: str) -> str:
                     handle.get_slice(key)
         except (SafetensorError, OSError):
             return file.name
-    return "(a .bin file)"
+    return "(a .bin file)" if any(Path(path).glob("*.bin")) else "(not identified)"
 
 
 def _tied_keys(model) -> set[str]:

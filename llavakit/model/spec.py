@@ -79,3 +79,18 @@ def resolve(spec: str) -> ModelSpec:
         raise LlavakitError(f"{spec} is not a llavakit checkpoint nor a LLaVA model directory: it has neither "
                             f"{LLAVAKIT_CONFIG} (llavakit) nor config.json (transformers / original LLaVA)")
     raise LlavakitError(f"{spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+
+
+def config_of(spec: str):
+    """The :class:`~llavakit.model.config.LlavaConfig` of a preset or llavakit checkpoint, read without
+    weights; ``None`` for foreign layouts (their configuration lives in the weights' own files)."""
+    kind = resolve(spec).kind
+    if kind == "preset":
+        from llavakit.model.presets import get_preset
+
+        return get_preset(spec)
+    if kind == "llavakit":
+        from llavakit.model.checkpoint import read_config
+
+        return read_config(spec)
+    return None

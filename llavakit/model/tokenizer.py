@@ -90,15 +90,12 @@ def num_image_tokens(vision_config, directory: Path | None = None) -> int:
 
 def load_processor(spec: str, template: str | None = None, system_prompt: str | None = None) -> Processor:
     """The processor of a preset name or checkpoint dir (``template`` overrides the model's own)."""
-    from llavakit.model.checkpoint import read_config
-    from llavakit.model.presets import get_preset
-    from llavakit.model.spec import resolve
+    from llavakit.model.spec import config_of, resolve
 
     resolved = resolve(spec)
-    if resolved.kind == "preset":
-        config, directory = get_preset(spec), None
-    elif resolved.kind == "llavakit":
-        config, directory = read_config(spec), Path(spec)
+    config = config_of(spec)
+    if config is not None:
+        directory = Path(spec) if resolved.kind == "llavakit" else None
     elif resolved.kind in ("hf-llava", "llava-original"):  # the weights hold the answer: load the model once
         from llavakit.model.checkpoint import load_model
 

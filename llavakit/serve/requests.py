@@ -55,8 +55,8 @@ async def read_body(request: Request, limit: int, timeout: float | None = None) 
 
 @dataclass
 class UploadGate:
-    """At most ``per_client`` request bodies being read at once from one client address (``None``: no
-    limit). One client that opens many uploads and stalls them gets 429 past its share, instead of
+    """At most ``per_client`` request bodies being read at once from one client address (``None`` or 0:
+    no limit). One client that opens many uploads and stalls them gets 429 past its share, instead of
     holding connections and memory until each body's deadline. Behind a reverse proxy every client
     has the proxy's address: raise the limit there. Used from the event loop only, so no lock."""
 
@@ -65,7 +65,7 @@ class UploadGate:
 
     @contextmanager
     def upload(self, client: str) -> Iterator[None]:
-        if self.per_client is not None and self.open[client] >= self.per_client:
+        if self.per_client and self.open[client] >= self.per_client:
             raise ApiError(429, f"{client} already has {self.open[client]} request bodies arriving; this server "
                                 f"reads at most {self.per_client} at once per client", type="rate_limit_error",
                            code="too_many_uploads", headers={"Retry-After": "1"})

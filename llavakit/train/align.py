@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from llavakit.config import from_dict, parse_override, merge, to_dict
 from llavakit.errors import ConfigError, DataError
+from llavakit.imaging import DATA_MAX_PIXELS, image_reader
 from llavakit.model.checkpoint import PROJECTOR_WEIGHTS
 from llavakit.train.align_boxes import cell_centres, cell_words, read_instances
 from llavakit.train.schedule import make_scheduler
@@ -58,6 +59,7 @@ class AlignConfig:
     heldout_fraction: float = 0.1  # images kept out of training to report cell accuracy
     seed: int = 0
     feature_cache_dir: str | None = None  # default: the training feature cache
+    max_image_pixels: int = DATA_MAX_PIXELS  # per image, from its header (a pad model: its padded square); 0: none
     progress: bool = True
 
 
@@ -74,6 +76,8 @@ def validate(cfg: AlignConfig) -> None:
         raise ConfigError(f"align: words must be a non-empty list of distinct annotation fields, got {cfg.words}")
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ConfigError(f"align: steps ({cfg.steps}) and batch_size ({cfg.batch_size}) must be >= 1")
+    if not isinstance(cfg.max_image_pixels, int) or cfg.max_image_pixels < 0:
+        raise ConfigError(f"align: max_image_pixels must be an integer >= 0 (0: no limit), got {cfg.max_image_pixels}")
     if not (math.isfinite(cfg.lr) and cfg.lr > 0):
         raise ConfigError(f"align: lr must be a finite number > 0, got {cfg.lr}")
     if not (math.isfinite(cfg.cosine_weight) and cfg.cosine_weight >= 0):
@@ -164,7 +168,6 @@ def run_alignment(cfg: AlignConfig) -> dict:
     images, by_image, names = read_instances(cfg)
 
     from llavakit.datagen.jsonio import write_json
-    from llavakit.imaging import image_reader
     from llavakit.model import load_model, save_projector
     from llavakit.train.feature_cache import FeatureCache
 
@@ -176,7 +179,8 @@ def run_alignment(cfg: AlignConfig) -> dict:
         raise ConfigError(f"align: the tower's {tower.num_tokens} tokens are not a square grid (feature_select=patch?)")
     paths = [str(Path(cfg.image_folder) / im["file_name"]) for im in images]
     cache = FeatureCache(cfg.feature_cache_dir, tower)
-    report = cache.build(paths, image_reader(tower.config.image_mode), progress=cfg.progress)
+    report = cache.build(paths, image_reader(tower.config.image_mode, cfg.max_image_pixels, "max_image_pixels"),
+                         progress=cfg.progress)
     print(f"llavakit align: {report.describe()} ({cache.dir})", file=sys.stderr, flush=True)
     keep = [i for i, p in enumerate(paths) if p not in report.bad]
     if not keep:

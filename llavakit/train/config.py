@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from llavakit.errors import ConfigError
+from llavakit.imaging import DATA_MAX_PIXELS
 from llavakit.train.stages import get_stage
 
 StageKey = Literal[1, 2, "finetune"]  # the stages themselves: llavakit/train/stages.py
@@ -30,6 +31,7 @@ class DataConfig:
     group_by_length: bool = True  # length-grouped batches (text-only and multimodal kept apart)
     num_workers: int = 0
     max_bad_image_fraction: float = 0.01  # more samples than this with a missing/corrupt image stops the run
+    max_image_pixels: int = DATA_MAX_PIXELS  # per image, from its header (a pad model: its padded square); 0: none
 
 
 @dataclass
@@ -204,6 +206,8 @@ def validate(cfg: TrainConfig, world_size: int = 1) -> BatchPlan:
         raise ConfigError("checkpoint.every must be >= 0 and checkpoint.keep_last >= 1")
     if cfg.data.max_length is not None and cfg.data.max_length < 2:
         raise ConfigError("data.max_length must be >= 2")
+    if not isinstance(cfg.data.max_image_pixels, int) or cfg.data.max_image_pixels < 0:
+        raise ConfigError(f"data.max_image_pixels must be an integer >= 0 (0: no limit), got {cfg.data.max_image_pixels}")
     if not 0 <= cfg.data.max_bad_image_fraction <= 1:
         raise ConfigError(f"data.max_bad_image_fraction must be in [0, 1], got {cfg.data.max_bad_image_fraction}")
     if cfg.data.num_workers < 0 or cfg.log_every < 1:

@@ -53,7 +53,7 @@ class TrainData:
         if cfg.feature_cache.enabled and any(self.dataset.is_multimodal):
             keep, image_fn = self._build_cache(model, accelerator, keep)
         else:
-            image_fn = pixel_image_fn(model.preprocess, model.vision_tower.config.image_mode)
+            image_fn = pixel_image_fn.for_model(model, cfg.data.max_image_pixels)
         self.indices = keep
         self.collator = Collator(
             model.tokenizer.pad_token_id, "right",
@@ -82,7 +82,7 @@ class TrainData:
         self.cache = FeatureCache(fc.dir, tower)
         paths = {i: self.dataset.image_paths(i) for i in keep if self.dataset.is_multimodal[i]}
         every = [p for ps in paths.values() for p in ps]
-        report = self.cache.build(every, image_reader(tower.config.image_mode), fc.batch_size, fc.shard_size, accelerator, accelerator.device,
+        report = self.cache.build(every, image_reader(tower.config.image_mode, self.cfg.data.max_image_pixels), fc.batch_size, fc.shard_size, accelerator, accelerator.device,
                                  progress=self.cfg.progress)
         if accelerator.is_main_process:
             print(f"llavakit train: {report.describe()} ({self.cache.dir})", file=sys.stderr, flush=True)
@@ -106,7 +106,7 @@ class TrainData:
                 self.indices = kept
                 self.write_report(report)
             raise DataError(
-                f"{len(self.unreadable)} of {len(paths)} samples with images have a missing or corrupt image "
+                f"{len(self.unreadable)} of {len(paths)} samples with images have a missing, corrupt or oversized image "
                 f"(more than data.max_bad_image_fraction = {limit:.1%}); bad ids: "
                 + ", ".join(i for i, _ in self.unreadable[:20]) + (" ..." if len(self.unreadable) > 20 else "")
                 + f"; first reason: {self.unreadable[0][1]}; all of them: {report}"

@@ -39,7 +39,8 @@ def check_resume(cfg: TrainConfig, out: Path, resume: bool, main_process: bool =
             raise ConfigError(f"--resume: {saved_path} is not valid JSON ({exc}); restore it or start a new "
                               "output_dir") from None
         now = to_dict(cfg)
-        changed = sorted(k for k in _diff(saved, now) if not any(k == f or k.startswith(f + ".") for f in RESUME_FREE))
+        changed = sorted(k for k in _diff(saved, now, to_dict(TrainConfig()))
+                         if not any(k == f or k.startswith(f + ".") for f in RESUME_FREE))
         if changed:
             hint = (" (the learning-rate schedule spans the planned steps: to train longer, start a new output_dir "
                     "from this run's artifact)" if {"max_steps", "epochs"} & set(changed) else "")
@@ -47,12 +48,14 @@ def check_resume(cfg: TrainConfig, out: Path, resume: bool, main_process: bool =
     return latest
 
 
-def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+def _diff(a: dict, b: dict, defaults: dict, prefix: str = "") -> list[str]:
+    """Keys whose values differ; a key ``a`` (the saved run) lacks counts as its default (a setting
+    added after that run was recorded)."""
     keys = []
     for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
+        va, vb, default = a.get(key, defaults.get(key)), b.get(key), defaults.get(key)
         if isinstance(va, dict) and isinstance(vb, dict):
-            keys += _diff(va, vb, f"{prefix}{key}.")
+            keys += _diff(va, vb, default if isinstance(default, dict) else {}, f"{prefix}{key}.")
         elif va != vb:
             keys.append(f"{prefix}{key}")
     return keys
