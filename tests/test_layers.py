@@ -10,7 +10,7 @@ import llavakit
 
 # lowest first; a name is a top-level module or package of llavakit
 LAYERS = [
-    {"llavakit", "errors", "io", "config", "progress", "llm_client"},
+    {"llavakit", "errors", "io", "config", "progress", "llm_client", "memory"},
     {"conversation", "imaging"},
     {"model"},
     {"data", "datagen"},

@@ -216,3 +216,22 @@ def test_join_gap_merges_arrivals_in_one_join(tiny_model, row_for, gap_ms):
         assert long_one.done.wait(60)
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize("every", [0.0, 0.001], ids=["never", "every step"])
+def test_heap_trims_follow_the_configured_period(tiny_model, row_for, every):
+    engine = Engine(tiny_model, EngineConfig(batch_window_ms=0, trim_heap_s=every))
+    try:
+        done = Collector()
+        engine.submit(row_for("hi", max_new_tokens=4), done)
+        assert done.done.wait(60)
+        if every:  # the worker trims after the step that finished the request
+            wait_for(lambda: engine.stats().get("heap_trims", 0) >= 1)
+        else:
+            wait_for(lambda: engine.stats()["running"] == 0)
+            time.sleep(0.2)
+            assert "heap_trims" not in engine.stats()
+    finally:
+        engine.close()
+    with pytest.raises(LlavakitError, match="the times >= 0"):
+        EngineConfig(trim_heap_s=-1)

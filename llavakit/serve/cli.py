@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     eng.add_argument("--join-gap-ms", type=float, default=0.0,
                      help="at least this long between two joins into a running batch: arrivals meanwhile are "
                           "prefilled and merged together (default 0: each joins at the next step)")
+    eng.add_argument("--trim-heap-s", type=float, default=0.0,
+                     help="hand freed heap memory back to the OS (glibc malloc_trim) at most this often, in "
+                          "seconds; 0: never")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 
@@ -111,7 +114,8 @@ def config_from_args(args, model_id: str):
                            allow_remote=args.allow_remote_images,
                            allow_private_hosts=args.allow_private_image_hosts),
         engine=EngineConfig(args.max_batch_size, args.batch_window_ms, args.max_queue, args.max_wait_ms,
-                            args.max_cohorts, args.slice_ms, not args.no_join_running, args.join_gap_ms),
+                            args.max_cohorts, args.slice_ms, not args.no_join_running, args.join_gap_ms,
+                            args.trim_heap_s),
     )
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from llavakit.errors import LlavakitError
+from llavakit.memory import heap_trimmer
 from llavakit.serve.batch import Cohort
 from llavakit.serve.rows import Row, RowResult
 
@@ -51,10 +52,11 @@ class EngineConfig:
     slice_ms: float = 100.0  # a cohort's turn while another one is active or waiting
     join_running: bool = True  # arrivals join a running batch with room (continuous batching)
     join_gap_ms: float = 0.0  # at least this long between two joins: arrivals meanwhile are prefilled together
+    trim_heap_s: float = 0.0  # hand freed heap back to the OS (malloc_trim) at most this often; 0: never
 
     def __post_init__(self):
         if min(self.max_batch_size, self.max_queue, self.max_cohorts) < 1 or \
-                min(self.batch_window_ms, self.max_wait_ms, self.slice_ms, self.join_gap_ms) < 0:
+                min(self.batch_window_ms, self.max_wait_ms, self.slice_ms, self.join_gap_ms, self.trim_heap_s) < 0:
             raise LlavakitError("engine: max_batch_size, max_queue and max_cohorts must be >= 1, the times >= 0")
 
 
@@ -99,6 +101,7 @@ class Engine:
         self._preparing = 0
         self._recent_batch_seconds = 1.0
         self._joined_at = float("-inf")  # when arrivals last joined a running cohort (worker thread only)
+        self._trim, self._trimmed_at = heap_trimmer("cpu"), time.monotonic()  # (worker thread only)
         self._thread = threading.Thread(target=self._work, name="llavakit-engine", daemon=True)
         self._thread.start()
 
@@ -271,6 +274,15 @@ class Engine:
                 with self._lock:
                     self._running = sum(len(c.unfinished()) for c, _ in active)
                     self._recent_batch_seconds = 0.7 * self._recent_batch_seconds + 0.3 * elapsed
+                self._maybe_trim()
+
+    def _maybe_trim(self) -> None:
+        every = self.config.trim_heap_s
+        if every and time.monotonic() - self._trimmed_at >= every:
+            self._trim()
+            self._trimmed_at = time.monotonic()
+            with self._lock:
+                self._counts["heap_trims"] += 1
 
     # --- state --------------------------------------------------------------------------------
 
