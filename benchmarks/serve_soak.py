@@ -19,6 +19,7 @@ last quarter above the first), and the engine's slots at the end (``running``, `
     python benchmarks/serve_soak.py                         # nano, 64 clients, 32 stalled, 60 s
     python benchmarks/serve_soak.py --model tiny-random --seconds 20
     python benchmarks/serve_soak.py --seconds 1800 --sample-every 60   # half an hour: does memory grow?
+    python benchmarks/serve_soak.py --seconds 600 --server-args=--trim-heap-s=10   # with heap trimming
 """
 
 from __future__ import annotations
@@ -164,6 +165,7 @@ def main() -> None:
         "rss_growth_mib": quarter_growth(samples, a.seconds), "rss_samples": samples,
         "slots_at_end": {k: engine[k] for k in ("running", "queued", "preparing")},
         "batches": engine.get("batches"), "largest_batch": engine.get("largest_batch"),
+        "heap_trims": engine.get("heap_trims", 0),
     }
     codes = {key.split(" ", 1)[1] for key in result["status"]}
     result["only_200_and_429"] = codes <= {"200", "429"}
