@@ -275,9 +275,9 @@ def folder(tmp_path):
     ({"question_id": "long", "text": "word " * 3000}, "question long: "),
 ])
 def test_infer_bad_questions_name_the_question_and_leave_no_answers(tmp_path, capsys, folder, question, needle):
-    if question.get("image") == "ABS":
-        question["image"] = needle_path = str(tmp_path / "secret.png")
-        needle = needle.replace("ABS", needle_path)
+    if question.get("image") == "ABS":  # an absolute path: known only once tmp_path is
+        question = {**question, "image": str(tmp_path / "secret.png")}
+        needle = needle.replace("ABS", question["image"])
     qfile, out = tmp_path / "q.jsonl", tmp_path / "answers.jsonl"
     qfile.write_text(json.dumps(question) + "\n")
     code = main(["infer", "tiny-random", "--questions", str(qfile), "--image-folder", str(folder), "--out", str(out),

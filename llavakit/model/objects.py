@@ -4,8 +4,8 @@ Snapped word tokens (:class:`~llavakit.model.projector.SnapToWords`) tell the LM
 the grid's cells shows (49, or 196 with ``vision.feature_stride: 16``), but not *where* or *how
 large*: a small LM does not learn in minutes that token 17 of the grid is "top right", nor count
 cells into a size (docs/training.md: position and size stay at their blind level even with ideal
-cell tokens). This layout groups the snapped cells into
-objects and says each one as the LM's own word embeddings, one token per word::
+cell tokens). This layout groups the snapped cells into objects and says each one as the LM's own
+word embeddings, one token per word::
 
     large red circle top left , small blue star bottom right , background background ...
 
